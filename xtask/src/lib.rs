@@ -1,0 +1,9 @@
+//! Developer tasks behind `cargo xtask`, as a library so tests can reuse them (the containerd
+//! test builds its images with [`images::build_all`]).
+
+pub mod ci;
+pub mod demo;
+pub mod ebpf;
+pub mod images;
+pub mod setup;
+pub mod util;

@@ -1,0 +1,44 @@
+//! `cargo xtask <task>`: see `cargo xtask --help`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Skiff developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the Debian packages Skiff needs (root) and verify the machine.
+    Setup,
+    /// Compile ebpf/*.c with clang-19 into target/ebpf/.
+    BuildEbpf,
+    /// Build the local OCI image tarballs (pause, busybox) into target/images/.
+    Images,
+    /// Everything CI runs: fmt, build-ebpf, clippy -D warnings, all tests.
+    Ci,
+    /// The main job (today: the eBPF and container proofs; see README).
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().task {
+        Task::Setup => xtask::setup::run_setup(),
+        Task::BuildEbpf => xtask::ebpf::build_ebpf(),
+        Task::Images => xtask::images::build_images(),
+        Task::Ci => xtask::ci::run_ci(),
+        Task::Demo => xtask::demo::run_demo(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // The message, with its causes; no backtrace (RUST_BACKTRACE is often set globally).
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
