@@ -36,6 +36,8 @@ pub const PACKAGES: &[Package] = &[
     Package { name: "etcd-client", why: "etcdctl, for the etcd API compatibility suite" },
     Package { name: "wrk", why: "load generator for the data-plane benchmark" },
     Package { name: "nginx-light", why: "backends for the data-plane benchmark" },
+    Package { name: "gnuplot-nox", why: "the data-plane benchmark's PNG plot" },
+    Package { name: "curl", why: "HTTP probes in end-to-end tests and benchmarks" },
 ];
 
 pub fn run_setup() -> Result<()> {
