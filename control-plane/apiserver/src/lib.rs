@@ -6,3 +6,4 @@
 //! with managedFields). Both are pure: no IO, no clocks (time is a parameter).
 
 pub mod codec;
+pub mod patch;

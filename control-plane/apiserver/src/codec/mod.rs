@@ -12,7 +12,7 @@
 
 mod negotiate;
 pub mod protobuf;
-mod schema;
+pub(crate) mod schema;
 
 use serde_json::Value;
 
