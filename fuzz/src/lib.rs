@@ -99,7 +99,7 @@ pub fn run_one(input: &Input) -> Outcome {
             match patch::apply_patch(patch_type, &live_deployment(), &input.bytes) {
                 Ok(_) => Outcome::Accepted,
                 Err(e) => {
-                    assert!(matches!(e.code(), 400 | 409 | 415 | 422), "code {}", e.code());
+                    assert!(matches!(e.code(), 400 | 409 | 413 | 415 | 422), "code {}", e.code());
                     Outcome::Refused(e.code())
                 }
             }

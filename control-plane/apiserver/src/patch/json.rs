@@ -7,6 +7,10 @@ use super::{PatchError, bad};
 /// Upstream's bound on the operations of one JSON patch.
 pub const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
 
+/// Upstream's bound on the bytes `copy` operations may add (its request-size limit), so a small
+/// patch cannot grow an object exponentially.
+pub const MAX_JSON_PATCH_COPY_BYTES: usize = 3 * 1024 * 1024;
+
 /// Applies an RFC 6902 patch (an array of operations). A malformed patch is 400; an operation that
 /// cannot apply (missing path, failed `test`) is 422, as upstream answers.
 pub fn json_patch(original: &Value, patch: &Value) -> Result<Value, PatchError> {
@@ -24,8 +28,26 @@ pub fn json_patch(original: &Value, patch: &Value) -> Result<Value, PatchError> 
     // We patch a copy and drop it on failure, so the crate's undo log is not needed; its undo
     // path can panic on some failing patches (json-patch 4.2, found by skiff-fuzz).
     let mut document = original.clone();
-    json_patch::patch_unsafe(&mut document, &operations)
-        .map_err(|e| PatchError::invalid(format!("the JSON patch could not be applied: {e}")))?;
+    let mut copied = 0usize;
+    for (index, operation) in operations.0.iter().enumerate() {
+        if let json_patch::PatchOperation::Copy(copy) = operation
+            && let Some(value) = document.pointer(copy.from.as_str())
+        {
+            copied += serde_json::to_vec(value).map_or(0, |bytes| bytes.len());
+            if copied > MAX_JSON_PATCH_COPY_BYTES {
+                return Err(PatchError::TooLarge(format!(
+                    "the JSON patch's copy operations add more than {MAX_JSON_PATCH_COPY_BYTES} bytes"
+                )));
+            }
+        }
+        json_patch::patch_unsafe(&mut document, std::slice::from_ref(operation)).map_err(|e| {
+            PatchError::invalid(format!(
+                "the JSON patch could not be applied: operation {index} failed at path {:?}: {}",
+                e.path.as_str(),
+                e.kind
+            ))
+        })?;
+    }
     Ok(document)
 }
 
@@ -131,6 +153,18 @@ mod tests {
             422,
         );
         assert!(doc.get("x").is_none());
+        // Doubling by copy: 30 copies of a growing subtree would be 2^30 elements.
+        let mut doubling = vec![json!({"op": "add", "path": "/a", "value": ["xxxxxxxxxxxxxxxx"]})];
+        for _ in 0..30 {
+            doubling.push(json!({"op": "copy", "from": "/a", "path": "/a/-"}));
+        }
+        check(Value::Array(doubling), 413);
+        let err = json_patch(&doc, &json!([{"op": "test", "path": "/spec/replicas", "value": 2}]))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the JSON patch could not be applied: operation 0 failed at path \"/spec/replicas\": value did not match"
+        );
         // Found by skiff-fuzz: a failing `move` after an `add`/`remove` made json-patch's undo
         // log panic.
         check(

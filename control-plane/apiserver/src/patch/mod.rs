@@ -14,7 +14,7 @@
 //!
 //! Errors ([`PatchError`]) carry the Kubernetes status: 400 `BadRequest` for malformed patches,
 //! 422 `Invalid` for patches that do not apply (a failed JSON-patch `test`), 409 `Conflict`
-//! with causes, 415 `UnsupportedMediaType`.
+//! with causes, 415 `UnsupportedMediaType`, 413 `RequestEntityTooLarge` (JSON-patch copies).
 
 mod apply;
 mod fieldset;
@@ -95,6 +95,9 @@ pub enum PatchError {
     /// 415: this patch type is not supported for this content type or kind.
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// 413: applying the patch would grow the object past the request-size limit.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 impl PatchError {
@@ -104,6 +107,7 @@ impl PatchError {
             PatchError::Invalid { .. } => 422,
             PatchError::Conflict { .. } => 409,
             PatchError::UnsupportedMediaType(_) => 415,
+            PatchError::TooLarge(_) => 413,
         }
     }
 
@@ -113,6 +117,7 @@ impl PatchError {
             PatchError::Invalid { .. } => "Invalid",
             PatchError::Conflict { .. } => "Conflict",
             PatchError::UnsupportedMediaType(_) => "UnsupportedMediaType",
+            PatchError::TooLarge(_) => "RequestEntityTooLarge",
         }
     }
 
