@@ -19,6 +19,7 @@ use crate::audit::{AuditEntry, AuditLog};
 use crate::auth::{self, Tokens, User};
 use crate::codec::{self, ResponseFormat};
 use crate::metrics::{LatencyLabels, Metrics, RequestLabels};
+use crate::patch::PatchType;
 use crate::registry::{DeleteOpts, Deleted, ListOpts, Registry, WriteCtx};
 use crate::status::{self, ApiError};
 use crate::{discovery, openapi, patch_bridge, watch};
@@ -478,6 +479,7 @@ impl Server {
                 .map_or_else(|| user_agent_manager(&ctx.headers), str::to_owned),
             dry_run,
             now: now(),
+            record_managed: true,
         })
     }
 
@@ -628,7 +630,6 @@ impl Server {
                 if res.namespaced && t.namespace.is_none() {
                     return Err(ApiError::not_found_path());
                 }
-                let obj = patch_bridge::record_update(None, obj, &wctx);
                 let created = reg.create(res, &ns, obj, &wctx).await?;
                 Ok(formatted(201, &render_object(res, &created, ctx.fmt, &include), ctx.fmt))
             }
@@ -652,7 +653,7 @@ impl Server {
                         &name,
                         &wctx,
                         sub,
-                        |old| Ok(patch_bridge::record_update(Some(old), obj.clone(), &wctx)),
+                        |_old| Ok(obj.clone()),
                         obj.pointer("/metadata/resourceVersion")
                             .and_then(Value::as_str)
                             .is_none_or(str::is_empty),
@@ -661,7 +662,7 @@ impl Server {
                 Ok(formatted(200, &render_object(res, &updated, ctx.fmt, &include), ctx.fmt))
             }
             "patch" => {
-                let wctx = Self::write_ctx(ctx)?;
+                let mut wctx = Self::write_ctx(ctx)?;
                 let name = t.name.clone().unwrap_or_default();
                 let ct = ctx
                     .headers
@@ -670,8 +671,10 @@ impl Server {
                     .unwrap_or("")
                     .to_owned();
                 let force = ctx.query.flag("force");
-                let kind = patch_bridge::PatchKind::from_content_type(&ct)?;
-                if kind == patch_bridge::PatchKind::Apply
+                let kind = patch_bridge::patch_type(&ct)?;
+                let sub_name = sub.map(Subresource::name);
+                wctx.record_managed = kind != PatchType::Apply;
+                if kind == PatchType::Apply
                     && ctx.query.get("fieldManager").is_none_or(str::is_empty)
                 {
                     return Err(ApiError::bad_request(
@@ -681,7 +684,7 @@ impl Server {
                 if sub == Some(Subresource::Scale) {
                     let out = reg
                         .update_scale(res, &ns, &name, &wctx, |scale| {
-                            patch_bridge::apply_patch(res, kind, scale, body, &wctx, force)
+                            patch_bridge::apply_patch(res, kind, Some(scale), body, &wctx, force, None)
                         })
                         .await?;
                     return Ok(json_response(200, &out, "application/json"));
@@ -693,7 +696,7 @@ impl Server {
                         &name,
                         &wctx,
                         sub,
-                        |old| patch_bridge::apply_patch(res, kind, old, body, &wctx, force),
+                        |old| patch_bridge::apply_patch(res, kind, Some(old), body, &wctx, force, sub_name),
                         true,
                     )
                     .await;
@@ -701,11 +704,11 @@ impl Server {
                     Ok(o) => (200, o),
                     Err(e)
                         if e.code == 404
-                            && kind == patch_bridge::PatchKind::Apply
+                            && kind == PatchType::Apply
                             && sub.is_none() =>
                     {
                         let applied =
-                            patch_bridge::apply_patch(res, kind, &json!({}), body, &wctx, force)?;
+                            patch_bridge::apply_patch(res, kind, None, body, &wctx, force, None)?;
                         (201, reg.create(res, &ns, applied, &wctx).await?)
                     }
                     Err(e) => return Err(e),

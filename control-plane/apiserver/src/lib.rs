@@ -18,6 +18,7 @@ pub mod http;
 pub mod metrics;
 pub mod namespace;
 pub mod openapi;
+pub mod patch;
 pub mod patch_bridge;
 pub mod pki;
 pub mod registry;

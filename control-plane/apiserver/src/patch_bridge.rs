@@ -1,102 +1,53 @@
-//! The seam between the HTTP layer and the patch engines: picks the engine from the PATCH
-//! `Content-Type` and maps engine errors onto `Status` codes. JSON patch and merge patch use the
-//! `json-patch` crate; strategic merge patch and server-side apply are answered with 415 until
-//! the `patch` module provides them.
+//! The seam between the HTTP layer and the patch engines (`crate::patch`): maps PATCH bodies to
+//! the engine, engine errors to `Status` errors, and records field managers on writes.
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use skiff_api::Resource;
 
+use crate::patch::{self, ApplyRequest, Operation, PatchError, PatchType};
 use crate::registry::WriteCtx;
 use crate::status::ApiError;
 
-/// The four PATCH media types.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PatchKind {
-    Json,
-    Merge,
-    Strategic,
-    Apply,
-}
-
-impl PatchKind {
-    pub fn from_content_type(ct: &str) -> Result<Self, ApiError> {
-        match crate::codec::media_type(ct).as_str() {
-            "application/json-patch+json" => Ok(Self::Json),
-            "application/merge-patch+json" => Ok(Self::Merge),
-            "application/strategic-merge-patch+json" => Ok(Self::Strategic),
-            "application/apply-patch+yaml" | "application/apply-patch+cbor" => Ok(Self::Apply),
-            other => Err(ApiError::new(
-                415,
-                "UnsupportedMediaType",
-                format!(
-                    "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {other:?})"
-                ),
-            )),
+impl From<PatchError> for ApiError {
+    fn from(e: PatchError) -> Self {
+        let causes: Vec<Value> = e.causes().iter().map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field})).collect();
+        let mut err = ApiError::new(e.code(), e.reason(), e.to_string());
+        if !causes.is_empty() {
+            err.details = Some(json!({"causes": causes}));
         }
+        err
     }
 }
 
-fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))
+/// The engine for a PATCH `Content-Type`.
+pub fn patch_type(content_type: &str) -> Result<PatchType, ApiError> {
+    Ok(PatchType::from_content_type(content_type)?)
 }
 
-/// Applies a patch body to `current`, returning the desired object.
-pub fn apply_patch(
-    res: &Resource,
-    kind: PatchKind,
-    current: &Value,
-    body: &[u8],
-    ctx: &WriteCtx,
-    force: bool,
-) -> Result<Value, ApiError> {
-    let _ = (ctx, force);
-    let name = current.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
-    match kind {
-        PatchKind::Merge => {
-            let patch = parse_json(body)?;
-            if !patch.is_object() {
-                return Err(ApiError::bad_request("a merge patch must be a JSON object"));
+/// Applies a patch body to `current` (`None`: server-side apply creating the object), returning
+/// the desired object. Apply records its own managedFields entry.
+pub fn apply_patch(res: &Resource, kind: PatchType, current: Option<&Value>, body: &[u8], ctx: &WriteCtx, force: bool, subresource: Option<&str>) -> Result<Value, ApiError> {
+    let out = match kind {
+        PatchType::Apply => {
+            let time = skiff_api::meta::format_rfc3339(ctx.now);
+            let mut v = patch::server_side_apply(&ApplyRequest { live: current, body, manager: &ctx.manager, force, subresource, time: &time })?;
+            if current.is_none() {
+                v["apiVersion"] = json!(res.api_version());
+                v["kind"] = json!(res.kind);
             }
-            let mut out = current.clone();
-            json_patch::merge(&mut out, &patch);
-            Ok(out)
+            v
         }
-        PatchKind::Json => {
-            let ops: json_patch::Patch = serde_json::from_slice(body).map_err(|e| {
-                ApiError::bad_request(format!(
-                    "the server rejected our request due to an error in our request: {e}"
-                ))
-            })?;
-            let mut out = current.clone();
-            json_patch::patch(&mut out, &ops).map_err(|e| match e.kind {
-                json_patch::PatchErrorKind::TestFailed => ApiError::invalid(
-                    res,
-                    name,
-                    &[skiff_api::validate::Cause {
-                        reason: "FieldValueInvalid",
-                        message: format!("the test operation failed: {e}"),
-                        field: String::new(),
-                    }],
-                ),
-                _ => ApiError::new(
-                    422,
-                    "Invalid",
-                    format!("the server rejected our request due to an error in our request: {e}"),
-                ),
-            })?;
-            Ok(out)
-        }
-        PatchKind::Strategic | PatchKind::Apply => Err(ApiError::new(
-            415,
-            "UnsupportedMediaType",
-            "strategic merge patch and server-side apply are not supported by this server yet",
-        )),
-    }
+        other => patch::apply_patch(other, current.unwrap_or(&Value::Null), body)?,
+    };
+    Ok(out)
 }
 
-/// Hook for recording the writer on an update (managedFields); `old` is `None` on create.
-pub fn record_update(old: Option<&Value>, new: Value, ctx: &WriteCtx) -> Value {
-    let _ = (old, ctx);
-    new
+/// Records `ctx.manager` as owner of what a create (`old` = `None`), update or patch changed.
+pub fn record_update(old: Option<&Value>, new: &mut Value, ctx: &WriteCtx, subresource: Option<&str>) -> Result<(), ApiError> {
+    if !ctx.record_managed || ctx.manager.is_empty() {
+        return Ok(());
+    }
+    let time = skiff_api::meta::format_rfc3339(ctx.now);
+    patch::update_managed_fields(old, new, &ctx.manager, Operation::Update, subresource, &time)?;
+    Ok(())
 }

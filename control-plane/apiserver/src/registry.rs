@@ -27,6 +27,8 @@ pub struct WriteCtx {
     pub dry_run: bool,
     /// Unix seconds.
     pub now: i64,
+    /// Record `manager` in managedFields (false for server-side apply, which records itself).
+    pub record_managed: bool,
 }
 
 /// `DeleteOptions` that matter here.
@@ -328,6 +330,7 @@ impl Registry {
         if !causes.is_empty() {
             return Err(ApiError::invalid(res, &name, &causes));
         }
+        crate::patch_bridge::record_update(None, &mut obj, ctx, None)?;
         if res.namespaced {
             self.check_namespace(ns).await?;
         }
@@ -638,7 +641,7 @@ impl Registry {
             let g = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
             meta_mut(&mut out)?.insert("generation".to_owned(), json!(g + 1));
         }
-        let _ = ctx;
+        crate::patch_bridge::record_update(Some(old), &mut out, ctx, sub.map(Subresource::name))?;
         Ok(out)
     }
 

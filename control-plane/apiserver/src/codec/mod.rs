@@ -12,7 +12,7 @@
 
 mod negotiate;
 pub mod protobuf;
-mod schema;
+pub(crate) mod schema;
 
 use serde_json::Value;
 
@@ -145,5 +145,43 @@ mod tests {
         check("text/plain", b"{}", 415, "unknown format");
         check("application/vnd.kubernetes.protobuf", b"{}", 400, "magic");
         assert_eq!(decode_body("text/plain", b"").unwrap_err().reason(), "UnsupportedMediaType");
+    }
+
+    #[test]
+    fn hostile_yaml_and_json_are_refused_not_expanded() {
+        // Billion laughs: nine levels of nine aliases.
+        let mut yaml = String::from("a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        let mut previous = "a";
+        for name in ["b", "c", "d", "e", "f", "g", "h", "i"] {
+            let refs = vec![format!("*{previous}"); 9].join(", ");
+            yaml += &[name, ": &", name, " [", &refs, "]\n"].concat();
+            previous = name;
+        }
+        let err = decode_body("application/yaml", yaml.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("repetition limit"), "{err}");
+        let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
+        for media in ["application/json", "application/yaml"] {
+            let err = decode_body(media, deep.as_bytes()).unwrap_err();
+            assert_eq!(err.code(), 400, "{media}: {err}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Any bytes under any supported media type decode or fail with 400/415; never panic.
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            media in 0usize..3,
+        ) {
+            let media = SUPPORTED_BODY_TYPES[media];
+            if let Err(e) = decode_body(media, &bytes) {
+                proptest::prop_assert!(e.code() == 400 || e.code() == 415);
+            }
+            let mut envelope = b"k8s\0".to_vec();
+            envelope.extend_from_slice(&bytes);
+            if let Err(e) = decode_body("application/vnd.kubernetes.protobuf", &envelope) {
+                proptest::prop_assert!(e.code() == 400 || e.code() == 415);
+            }
+        }
     }
 }
