@@ -1,4 +1,10 @@
 //! The replicated store: raft log and state machine on RocksDB, MVCC revisions, watch,
 //! compaction, snapshots and membership. The only crate that touches RocksDB.
-//!
-//! Empty until the replicated store lands (issue: replicated store).
+
+pub mod db;
+pub mod error;
+pub mod mvcc;
+pub mod types;
+
+pub use error::{KvError, StoreError};
+pub use mvcc::Mvcc;
