@@ -3,8 +3,15 @@
 
 pub mod db;
 pub mod error;
+pub mod metrics;
 pub mod mvcc;
+pub mod raft;
 pub mod types;
+pub mod watch;
 
 pub use error::{KvError, StoreError};
 pub use mvcc::Mvcc;
+pub mod node;
+pub mod service;
+
+pub use node::{Store, StoreConfig};

@@ -1,5 +1,7 @@
 //! Unit tests of the MVCC core against a real RocksDB in a temp dir.
 
+#![expect(clippy::many_single_char_names, reason = "short names keep the cases readable")]
+
 use super::*;
 use crate::types::*;
 
@@ -14,6 +16,7 @@ fn fixture() -> Fixture {
     Fixture { mvcc: Mvcc::open(db).unwrap(), _dir: dir }
 }
 
+#[expect(clippy::needless_pass_by_value, reason = "callers build the op inline")]
 fn write(m: &Mvcc, op: WriteOp) -> WriteResult {
     let mut w = m.writer();
     let r = w.apply(&op).unwrap();
