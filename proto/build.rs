@@ -1,7 +1,17 @@
-//! Generates Rust code (prost messages, tonic clients and servers) from the `.proto` files.
+//! Generates the Rust types, tonic clients and tonic servers for every `.proto` file in this
+//! crate with `protoc` (Debian's protobuf-compiler, installed by `cargo xtask setup`).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    println!("cargo:rerun-if-changed=skiff/raft.proto");
-    tonic_prost_build::configure().compile_protos(&["skiff/raft.proto"], &["."])?;
+    let protos = ["etcd/mvccpb/kv.proto", "etcd/etcdserverpb/rpc.proto", "skiff/raft.proto"];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_protos(&protos, &["etcd", "."])
+        .map_err(|e| {
+            format!("protoc failed (is protobuf-compiler installed? run `cargo xtask setup`): {e}")
+        })?;
     Ok(())
 }
