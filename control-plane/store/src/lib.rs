@@ -1,8 +1,10 @@
 //! The replicated store: raft log and state machine on RocksDB, MVCC revisions, watch,
 //! compaction, snapshots and membership. The only crate that touches RocksDB.
 
+pub mod backup;
 pub mod db;
 pub mod error;
+pub mod etcd;
 pub mod metrics;
 pub mod mvcc;
 pub mod raft;

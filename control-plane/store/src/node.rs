@@ -97,7 +97,11 @@ pub struct MemberInfo {
 pub enum AdminRequest {
     List,
     Add(Member),
-    Remove { id: u64 },
+    Remove {
+        id: u64,
+    },
+    /// Records a member's own peer and client URLs (sent by the member after it starts).
+    Update(Member),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -199,6 +203,7 @@ impl Store {
             tokio::spawn(proposer(Arc::downgrade(&store.inner), wrx)),
             tokio::spawn(read_batcher(Arc::downgrade(&store.inner), rrx)),
             tokio::spawn(watch_metrics(Arc::downgrade(&store.inner))),
+            tokio::spawn(publish_self(store.clone())),
         ];
         store.inner.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(tasks);
         store.bootstrap().await?;
@@ -381,6 +386,18 @@ impl Store {
                 raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
                     .await
                     .map_err(fail)?;
+            }
+            AdminRequest::Update(m) => {
+                let id = member_id(&m.name);
+                let known = self.members().into_iter().find(|x| x.id == id);
+                if known.as_ref().is_some_and(|k| k.member != m) {
+                    raft.change_membership(
+                        ChangeMembers::SetNodes(BTreeMap::from([(id, m)])),
+                        true,
+                    )
+                    .await
+                    .map_err(fail)?;
+                }
             }
             AdminRequest::Remove { id } => {
                 if !self.members().iter().any(|x| x.id == id) {
@@ -586,6 +603,37 @@ async fn read_batcher(
         for w in waiting {
             let _ = w.send(r.clone());
         }
+    }
+}
+
+/// Makes sure the membership records this member's current URLs (the bootstrapping member only
+/// knows the others' peer URLs), retrying until it is recorded.
+async fn publish_self(store: Store) {
+    let c = store.config();
+    let me = Member {
+        name: c.name.clone(),
+        peer_url: c.peer_url.clone(),
+        client_url: c.client_url.clone(),
+    };
+    loop {
+        let recorded = store
+            .inner
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&store.inner.id)
+            .cloned();
+        if recorded.as_ref() == Some(&me) {
+            return;
+        }
+        if recorded.is_some()
+            && let Err(e) = store.admin(AdminRequest::Update(me.clone())).await
+        {
+            tracing::debug!(error = %e, "recording this member's URLs failed; retrying");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
