@@ -3,6 +3,7 @@
 //!
 //! The tests themselves live in `tests/tests/*.rs`.
 
+pub mod api;
 pub mod containerd;
 pub mod masters;
 pub mod privileged;
