@@ -4,6 +4,7 @@
 //! The tests themselves live in `tests/tests/*.rs`.
 
 pub mod containerd;
+pub mod dataplane;
 pub mod privileged;
 pub mod wait;
 

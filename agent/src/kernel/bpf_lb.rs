@@ -304,6 +304,12 @@ impl SockLb {
     /// there (by an earlier agent) are adopted with their contents.
     pub fn load(pin_root: &Path, sizes: LbMapSizes) -> Result<Self, LbError> {
         let pin_dir = pin_root.join(format!("v{LB_LAYOUT}"));
+        if let Some(parent) = pin_root.parent().filter(|p| !is_bpffs(pin_root) && !is_bpffs(p)) {
+            // The usual root is /sys/fs/bpf/<...>: mount bpffs there if the host has not.
+            if parent.starts_with("/sys/fs/bpf") {
+                ensure_bpffs(Path::new("/sys/fs/bpf"))?;
+            }
+        }
         fs::create_dir_all(&pin_dir).map_err(|source| LbError::Io {
             op: "create pin directory",
             path: pin_dir.clone(),
@@ -373,20 +379,22 @@ impl SockLb {
                 LbError::Link { path: links_dir.join(name), message: e.to_string() }
             })?;
             let path = links_dir.join(name);
-            let old = path.with_extension("old");
-            if path.exists() {
-                // Keep the old link attached (held by its pin) until the new one is pinned.
-                fs::rename(&path, &old).map_err(|source| LbError::Io {
-                    op: "move old link pin",
+            // Hold the old link by its fd (attached) while the new one takes over its pin.
+            let old = if path.exists() {
+                let pinned = PinnedLink::from_pin(&path)
+                    .map_err(|e| LbError::Link { path: path.clone(), message: e.to_string() })?;
+                Some(pinned.unpin().map_err(|source| LbError::Io {
+                    op: "unpin old link",
                     path: path.clone(),
                     source,
-                })?;
-            }
+                })?)
+            } else {
+                None
+            };
             fd.pin(&path)
                 .map_err(|e| LbError::Link { path: path.clone(), message: e.to_string() })?;
-            if old.exists() {
-                unpin_link(&old)?;
-            }
+            // Dropping the last reference to the old link detaches it.
+            drop(old);
         }
         Ok(())
     }
@@ -502,6 +510,41 @@ fn unpin_link(path: &Path) -> Result<(), LbError> {
 /// Reads one ring-buffer record into an event.
 pub fn next_event(ring: &mut RingBuf<MapData>) -> Option<Option<LbEvent>> {
     ring.next().map(|item| LbEvent::parse(&item))
+}
+
+/// True when `dir` is on a bpf filesystem (pins are possible there).
+pub fn is_bpffs(dir: &Path) -> bool {
+    nix::sys::statfs::statfs(dir)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
+}
+
+/// Mounts a bpf filesystem at `dir` (created if missing) unless one is there already, as the
+/// agent does for `/sys/fs/bpf` on hosts that do not mount it. Each mount is a new instance, so
+/// a test can pin into a private one.
+pub fn ensure_bpffs(dir: &Path) -> Result<(), LbError> {
+    fs::create_dir_all(dir).map_err(|source| LbError::Io {
+        op: "create",
+        path: dir.to_owned(),
+        source,
+    })?;
+    if is_bpffs(dir) {
+        return Ok(());
+    }
+    nix::mount::mount(Some("bpf"), dir, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+        .map_err(|e| LbError::Io {
+            op: "mount bpffs",
+            path: dir.to_owned(),
+            source: io::Error::from_raw_os_error(e as i32),
+        })
+}
+
+/// Unmounts a bpf filesystem mounted by [`ensure_bpffs`] (its pins go with it).
+pub fn unmount_bpffs(dir: &Path) -> Result<(), LbError> {
+    nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH).map_err(|e| LbError::Io {
+        op: "unmount bpffs",
+        path: dir.to_owned(),
+        source: io::Error::from_raw_os_error(e as i32),
+    })
 }
 
 /// Removes a whole pin root (all layout versions), e.g. when a test or `skiff-agent proxy
