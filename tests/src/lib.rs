@@ -6,6 +6,7 @@
 pub mod api;
 pub mod containerd;
 pub mod masters;
+pub mod dataplane;
 pub mod privileged;
 pub mod wait;
 
