@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod containerd;
+pub mod dataplane;
 pub mod masters;
 pub mod privileged;
 pub mod wait;

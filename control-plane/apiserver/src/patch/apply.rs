@@ -101,7 +101,11 @@ pub fn server_side_apply(request: &ApplyRequest<'_>) -> Result<Value, PatchError
         others.union_with(&entry.set);
     }
     let stale = previous.difference(&config_set);
-    remove_unowned(&mut merged, &stale, &others);
+    // An element stays while anyone, this manager's new configuration included, owns something
+    // at or under it (an empty map applied before, now applied with keys, keeps its keys).
+    let mut keep = others.clone();
+    keep.union_with(&config_set);
+    remove_unowned(&mut merged, &stale, &keep);
 
     for entry in &mut entries {
         if !entry.is(manager, Operation::Apply, subresource) {
@@ -257,32 +261,80 @@ fn merge_map(live: &mut Map<String, Value>, config: &Map<String, Value>, node: N
     }
 }
 
+/// Merges keyed lists as upstream's structured merge does: the applied order wins for the
+/// elements it names, live-only elements stay where they were relative to them.
 fn merge_keyed(target: &[Value], source: &[Value], keys: &[&str], element: Node) -> Value {
-    let all_keyed = target.iter().chain(source).all(|i| key_element(i, keys).is_some());
-    if !all_keyed {
+    let index = |items: &[Value]| -> Option<Vec<(String, Value)>> {
+        items.iter().map(|i| key_element(i, keys).map(|k| (k, i.clone()))).collect()
+    };
+    let (Some(lhs), Some(rhs)) = (index(target), index(source)) else {
         return Value::Array(source.to_vec());
-    }
-    let mut out = target.to_vec();
-    for item in source {
-        let k = key_element(item, keys);
-        match out.iter_mut().find(|o| key_element(o, keys) == k) {
-            Some(Value::Object(existing)) => {
-                if let Value::Object(src) = item {
-                    merge_map(existing, src, element);
-                }
+    };
+    let merge_item = |live: Option<&Value>, applied: &Value| -> Value {
+        match (live, applied) {
+            (Some(Value::Object(live)), Value::Object(applied)) => {
+                let mut out = live.clone();
+                merge_map(&mut out, applied, element);
+                Value::Object(out)
             }
-            _ => out.push(item.clone()),
+            _ => applied.clone(),
+        }
+    };
+    let in_rhs = |k: &str| rhs.iter().any(|(rk, _)| rk == k);
+    let live_item = |k: &str| lhs.iter().find(|(lk, _)| lk == k).map(|(_, v)| v);
+    let mut shared =
+        rhs.iter().filter(|(k, _)| lhs.iter().any(|(lk, _)| lk == k)).map(|(k, _)| k.as_str());
+    let mut next_shared = shared.next();
+    let mut emitted: Vec<&str> = Vec::new();
+    let mut out = Vec::with_capacity(lhs.len() + rhs.len());
+    let (mut l, mut r) = (0, 0);
+    while l < lhs.len() || r < rhs.len() {
+        if l < lhs.len() && r < rhs.len() {
+            let lk = lhs[l].0.as_str();
+            if lk == rhs[r].0 {
+                out.push(merge_item(Some(&lhs[l].1), &rhs[r].1));
+                emitted.push(lk);
+                l += 1;
+                r += 1;
+                next_shared = shared.next();
+                continue;
+            }
+            if in_rhs(lk) && next_shared.is_some_and(|n| n != lk) {
+                l += 1;
+                continue;
+            }
+        }
+        if l < lhs.len() {
+            let lk = lhs[l].0.as_str();
+            if !in_rhs(lk) {
+                out.push(lhs[l].1.clone());
+                l += 1;
+                continue;
+            }
+            if emitted.contains(&lk) {
+                l += 1;
+                continue;
+            }
+        }
+        if r < rhs.len() {
+            let rk = rhs[r].0.as_str();
+            emitted.push(rk);
+            out.push(merge_item(live_item(rk), &rhs[r].1));
+            r += 1;
+            if next_shared == Some(rk) {
+                next_shared = shared.next();
+            }
         }
     }
     Value::Array(out)
 }
 
-/// Removes from `value` the member paths of `stale` that no path of `others` is at or under.
-fn remove_unowned(value: &mut Value, stale: &FieldSet, others: &FieldSet) {
+/// Removes from `value` the member paths of `stale` that no path of `keep` is at or under.
+fn remove_unowned(value: &mut Value, stale: &FieldSet, keep: &FieldSet) {
     for (element, child) in stale.children() {
-        let other = others.child(element);
-        let owned_by_others = other.is_some_and(FieldSet::has_any);
-        if child.is_member() && !owned_by_others {
+        let other = keep.child(element);
+        let kept = other.is_some_and(FieldSet::has_any);
+        if child.is_member() && !kept {
             remove_element(value, element);
             continue;
         }
@@ -299,8 +351,21 @@ fn remove_unowned(value: &mut Value, stale: &FieldSet, others: &FieldSet) {
                 }
                 None => child.clone(),
             };
+            let was_empty = is_empty_collection(inner);
             remove_unowned(inner, &child, other.unwrap_or(&empty));
+            // A list or map emptied by the removal goes too, as upstream's remover leaves it out.
+            if !was_empty && !kept && is_empty_collection(inner) {
+                remove_element(value, element);
+            }
         }
+    }
+}
+
+fn is_empty_collection(value: &Value) -> bool {
+    match value {
+        Value::Object(map) => map.is_empty(),
+        Value::Array(items) => items.is_empty(),
+        _ => false,
     }
 }
 

@@ -19,6 +19,8 @@
 mod apply;
 mod fieldset;
 mod json;
+#[cfg(test)]
+mod laws;
 mod managed;
 mod strategic;
 mod strategy;
