@@ -1,4 +1,4 @@
-//! kube-rs 5 against the API server: typed `Api` CRUD with k8s-openapi's strict types,
+//! kube-rs 5 against the API server of one of three `skiff-master` processes: typed `Api` CRUD with k8s-openapi's strict types,
 //! optimistic concurrency, every patch type, `watcher` (list+watch and streaming lists) and a
 //! small `Controller`.
 
@@ -15,11 +15,11 @@ use kube::runtime::controller::Action;
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client};
 use serde_json::json;
-use skiff_e2e::api::{ApiServer, Etcd};
+use skiff_e2e::api::Cluster;
 use skiff_e2e::unique_tag;
 
-async fn client(api: &ApiServer) -> Result<Client> {
-    let kc = Kubeconfig::read_from(&api.kubeconfig)?;
+async fn client(kubeconfig: &std::path::Path) -> Result<Client> {
+    let kc = Kubeconfig::read_from(kubeconfig)?;
     let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
     Ok(Client::try_from(config)?)
 }
@@ -49,15 +49,15 @@ where
 #[test]
 fn kube_rs_api_watcher_controller() -> Result<()> {
     let tag = unique_tag();
-    let etcd = Etcd::start(&tag)?;
-    let server = ApiServer::start(&tag, std::slice::from_ref(&etcd.endpoint))?;
+    let cluster = Cluster::start(&tag, skiff_apiserver::cache::HISTORY)?;
+    let kubeconfig = cluster.kubeconfig(2)?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    rt.block_on(suite(&server))
+    rt.block_on(suite(&kubeconfig))
 }
 
 #[expect(clippy::too_many_lines, reason = "one client scenario, step by step")]
-async fn suite(server: &ApiServer) -> Result<()> {
-    let client = client(server).await?;
+async fn suite(kubeconfig: &std::path::Path) -> Result<()> {
+    let client = client(kubeconfig).await?;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
 
     // CRUD with strict types; resourceVersion preconditions.

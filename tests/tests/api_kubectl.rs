@@ -1,6 +1,7 @@
 //! The kubectl acceptance list of the API reference (except logs/exec, which need a node
-//! agent), run with the installed kubectl dispatcher (fresh HOME and cache per test) against a
-//! real store and the API server. Controllers are not part of this suite: where a command waits
+//! agent), run with the installed kubectl dispatcher (fresh HOME and cache per test) against
+//! three `skiff-master` processes (store replica + API server each; kubectl talks to one of
+//! them). Controllers are not part of this suite: where a command waits
 //! for status (rollout status, wait), the test writes that status through `/status` as a
 //! controller would.
 
@@ -9,7 +10,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use skiff_e2e::api::{ApiServer, Etcd, Kubectl, TEST_TOKEN};
+use skiff_e2e::api::{Cluster, Kubectl, TEST_TOKEN};
 use skiff_e2e::{unique_tag, wait};
 
 const WEB: &str = "apiVersion: apps/v1
@@ -42,16 +43,19 @@ fn web_v2() -> String {
 
 struct Env {
     k: Kubectl,
-    api: ApiServer,
-    _etcd: Etcd,
+    cluster: Cluster,
+}
+
+/// A cluster and kubectl pointed at member `member`.
+fn env_at(member: usize) -> Result<Env> {
+    let tag = unique_tag();
+    let cluster = Cluster::start(&tag, skiff_apiserver::cache::HISTORY)?;
+    let k = Kubectl::new(&tag, &cluster.kubeconfig(member)?)?;
+    Ok(Env { k, cluster })
 }
 
 fn env() -> Result<Env> {
-    let tag = unique_tag();
-    let etcd = Etcd::start(&tag)?;
-    let api = ApiServer::start(&tag, std::slice::from_ref(&etcd.endpoint))?;
-    let k = Kubectl::new(&tag, &api.kubeconfig)?;
-    Ok(Env { k, api, _etcd: etcd })
+    env_at(0)
 }
 
 fn write(k: &Kubectl, name: &str, text: &str) -> Result<String> {
@@ -351,8 +355,8 @@ fn pods_watch_wait_describe_delete() -> Result<()> {
 
 #[test]
 fn namespaces_services_and_auth() -> Result<()> {
-    let env = env()?;
-    let (k, api) = (&env.k, &env.api);
+    let env = env_at(1)?;
+    let (k, cluster) = (&env.k, &env.cluster);
     k.ok(&["create", "namespace", "demo"])?;
     k.ok(&["create", "configmap", "c1", "-n", "demo", "--from-literal=a=b"])?;
     let cm = k.ok(&["get", "cm", "-n", "demo"])?;
@@ -392,12 +396,13 @@ fn namespaces_services_and_auth() -> Result<()> {
 
     // Bearer tokens authenticate; anonymous requests get 401.
     let empty = write(k, "empty.kubeconfig", "apiVersion: v1\nkind: Config\n")?;
-    let ca = api.ca().display().to_string();
+    let ca = cluster.ca().display().to_string();
+    let url = cluster.url(1);
     let base = [
         "--kubeconfig",
         empty.as_str(),
         "--server",
-        api.url.as_str(),
+        url.as_str(),
         "--certificate-authority",
         ca.as_str(),
     ];
@@ -407,13 +412,13 @@ fn namespaces_services_and_auth() -> Result<()> {
     k.ok(&with_token)?;
     let anon = std::process::Command::new("curl")
         .args(["-s", "-o", "/dev/stderr", "-w", "%{http_code}", "--cacert", ca.as_str()])
-        .arg(format!("{}/api/v1/namespaces", api.url))
+        .arg(format!("{url}/api/v1/namespaces"))
         .output()?;
     let code = String::from_utf8_lossy(&anon.stdout);
     let body = String::from_utf8_lossy(&anon.stderr);
     ensure!(code == "401" && body.contains("\"reason\":\"Unauthorized\""), "{code} {body}");
 
-    let audit = std::fs::read_to_string(&api.audit_log)?;
+    let audit = std::fs::read_to_string(cluster.audit_log(1))?;
     ensure!(
         audit.lines().any(|l| l.contains("\"verb\":\"create\"")
             && l.contains("kubernetes-admin")

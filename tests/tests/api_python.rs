@@ -1,5 +1,5 @@
 //! The official Python `kubernetes` client (37.0.2, from `PyPI` into a venv this test creates on
-//! first use) against the API server: CRUD, conflicts, every patch type, subresources, watch
+//! first use) against the API server of one of three `skiff-master` processes: CRUD, conflicts, every patch type, subresources, watch
 //! with resume, selector transitions and 410 recovery. The script is
 //! `tests/python/k8s_client_suite.py`.
 
@@ -7,8 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail, ensure};
-use skiff_apiserver::http::Limits;
-use skiff_e2e::api::{ApiServer, Etcd, TestDir};
+use skiff_e2e::api::{Cluster, TestDir};
 use skiff_e2e::unique_tag;
 
 const CLIENT: &str = "kubernetes==37.0.2";
@@ -53,17 +52,13 @@ fn venv() -> Result<PathBuf> {
 fn python_client_suite() -> Result<()> {
     let python = venv()?;
     let tag = unique_tag();
-    let etcd = Etcd::start(&tag)?;
-    let api = ApiServer::start_with(
-        &tag,
-        std::slice::from_ref(&etcd.endpoint),
-        Limits { watch_history: HISTORY, ..Limits::default() },
-    )?;
+    let cluster = Cluster::start(&tag, HISTORY)?;
+    let kubeconfig = cluster.kubeconfig(1)?;
     let home = TestDir::new(&tag, "py-home")?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/k8s_client_suite.py");
     let out = Command::new(&python)
         .arg(&script)
-        .env("KUBECONFIG", &api.kubeconfig)
+        .env("KUBECONFIG", &kubeconfig)
         .env("HOME", &home.0)
         .env("SKIFF_WATCH_HISTORY", HISTORY.to_string())
         .output()
