@@ -15,7 +15,14 @@ use crate::wait;
 /// The `skiff-master` binary next to the running test (built by `cargo build -p skiff-master`
 /// if missing).
 pub fn master_binary() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("SKIFF_MASTER_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
     let exe = std::env::current_exe()?;
+    // A binary (not a test) sits next to skiff-master already.
+    if let Some(sibling) = exe.parent().map(|d| d.join("skiff-master")).filter(|b| b.exists()) {
+        return Ok(sibling);
+    }
     let dir = exe.parent().and_then(Path::parent).context("test binary has no target dir")?;
     let bin = dir.join("skiff-master");
     if !bin.exists() {
@@ -249,6 +256,11 @@ impl Masters {
     pub fn restart(&mut self, i: usize) -> Result<()> {
         self.kill9(i);
         self.spawn(i)
+    }
+
+    /// Process id of member `i`, if running.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.children[i].as_ref().map(Child::id)
     }
 
     pub fn is_running(&self, i: usize) -> bool {
