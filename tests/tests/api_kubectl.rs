@@ -431,3 +431,66 @@ fn namespaces_services_and_auth() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn binding_graceful_deletion_finalizers_and_limits() -> Result<()> {
+    let env = env_at(2)?;
+    let k = &env.k;
+    // pods/binding sets nodeName once.
+    k.ok(&["run", "b1", "--image=nginx"])?;
+    let binding = write(
+        k,
+        "binding.json",
+        r#"{"apiVersion":"v1","kind":"Binding","metadata":{"name":"b1"},"target":{"apiVersion":"v1","kind":"Node","name":"node-a"}}"#,
+    )?;
+    k.ok(&["create", "--raw", "/api/v1/namespaces/default/pods/b1/binding", "-f", &binding])?;
+    ensure!(k.ok(&["get", "pod", "b1", "-o", "jsonpath={.spec.nodeName}"])? == "node-a");
+    let again = k.fails(&[
+        "create",
+        "--raw",
+        "/api/v1/namespaces/default/pods/b1/binding",
+        "-f",
+        &binding,
+    ])?;
+    ensure!(again.contains("already assigned") || again.contains("Conflict"), "{again}");
+
+    // A bound pod is deleted gracefully: it stays Terminating until the node (here: a forced
+    // delete with grace 0, as the kubelet does) removes it.
+    k.ok(&["delete", "pod", "b1", "--wait=false"])?;
+    let state = k.ok(&[
+        "get",
+        "pod",
+        "b1",
+        "-o",
+        "jsonpath={.metadata.deletionTimestamp} {.metadata.deletionGracePeriodSeconds}",
+    ])?;
+    ensure!(state.ends_with(" 30") && state.len() > 4, "{state}");
+    ensure!(k.ok(&["get", "pod", "b1"])?.contains("Terminating"));
+    k.ok(&["delete", "pod", "b1", "--grace-period=0", "--force"])?;
+    ensure!(k.fails(&["get", "pod", "b1"])?.contains("NotFound"));
+
+    // Finalizers hold an object with a deletionTimestamp until they are removed.
+    let fin = write(
+        k,
+        "fin.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: held\n  finalizers: [example.com/hold]\n",
+    )?;
+    k.ok(&["apply", "-f", &fin])?;
+    k.ok(&["delete", "cm", "held", "--wait=false"])?;
+    ensure!(
+        !k.ok(&["get", "cm", "held", "-o", "jsonpath={.metadata.deletionTimestamp}"])?.is_empty()
+    );
+    k.ok(&["patch", "cm", "held", "--type=merge", "-p", r#"{"metadata":{"finalizers":null}}"#])?;
+    ensure!(k.fails(&["get", "cm", "held"])?.contains("NotFound"));
+
+    // Bodies over 3 MiB are refused with 413.
+    let big = k.home().join("big.txt");
+    std::fs::write(&big, "x".repeat(4 * 1024 * 1024))?;
+    let err =
+        k.fails(&["create", "configmap", "big", &format!("--from-file={}", big.display())])?;
+    ensure!(
+        err.contains("too large") || err.contains("413") || err.contains("RequestEntityTooLarge"),
+        "{err}"
+    );
+    Ok(())
+}
