@@ -562,10 +562,11 @@ impl Server {
                     | ResponseFormat::PartialObjectMetadataList => {
                         json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": lm, "items": page.items.iter().map(|i| partial_metadata(i)).collect::<Vec<_>>()})
                     }
-                    _ => {
+                    ResponseFormat::Yaml => {
                         let items: Vec<&Value> = page.items.iter().map(AsRef::as_ref).collect();
                         json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(), "metadata": lm, "items": items})
                     }
+                    _ => return Ok(list_json(res, &lm, &page.items)),
                 };
                 Ok(formatted(200, &body, ctx.fmt))
             }
@@ -796,6 +797,27 @@ impl Server {
             _ => Err(ApiError::method_not_allowed()),
         }
     }
+}
+
+/// A JSON list written straight from the cached objects (no intermediate copy of the items,
+/// which for 10k pods costs more than the serialization itself).
+fn list_json(res: &Resource, list_meta: &Value, items: &[Arc<Value>]) -> Response<Body> {
+    let mut out = Vec::with_capacity(items.len() * 1024 + 256);
+    let head = json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(), "metadata": list_meta}).to_string();
+    out.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
+    out.extend_from_slice(b",\"items\":[");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        if serde_json::to_writer(&mut out, &**item).is_err() {
+            out.extend_from_slice(b"null");
+        }
+    }
+    out.extend_from_slice(b"]}");
+    let mut r = Response::new(full(out));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
 }
 
 fn text(code: u16, body: &str) -> Response<Body> {

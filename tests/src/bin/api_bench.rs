@@ -408,6 +408,13 @@ HTTP/2 over TLS with the admin client certificate, clients spread over the maste
 | list of {paged_n} pods, pages of 500 | p50 {lp:.1} ms (all pages) | |\n\
 | watch delivery, {watchers} watchers × {events} events | p50 {wp50:.1} ms, p99 {wp99:.1} ms | p99 ≤ 50 ms |\n\
 | master RSS after the creates (store + API server, MiB) | {rss} | |\n\n\
+How it measures: create latency is request sent → 201 received, per client, clients on \
+HTTP/2 connections spread over the three masters; the anchor sends the same pod JSON as etcd v3 \
+Puts to the three store endpoints with the same concurrency. List latency is request sent → \
+body received and parsed by the client (all pages for the paged list). Watch delivery is the \
+time from a writer stamping a pod (annotation, just before its create request) to each watcher \
+reading the event line, so it includes the create itself. RSS is `VmRSS` of each \
+`skiff-master` process (store replica and API server together) after the creates.\n\n\
 Raw numbers: `api.json`. Reproduce: `cargo xtask bench api` (add `--small` for a smoke run).\n",
         note = if a.note.is_empty() { String::new() } else { format!("**Note:** {}", a.note) },
         clients = a.clients,
