@@ -240,6 +240,22 @@ fn self_subject_access_review_and_inline_fields() {
 }
 
 #[test]
+fn drain_eviction_keeps_zero_grace_period() {
+    // `kubectl drain --grace-period=0` evicts with DeleteOptions{gracePeriodSeconds: 0}: a Go
+    // pointer, so the zero must survive.
+    let raw = Enc::default()
+        .msg(1, Enc::default().str(1, "p1").str(3, "default"))
+        .msg(2, Enc::default().int(1, 0).str(4, ""));
+    let value = decode(&envelope("policy/v1", "Eviction", &raw)).unwrap();
+    assert_eq!(
+        value,
+        serde_json::json!({"apiVersion": "policy/v1", "kind": "Eviction",
+            "metadata": {"name": "p1", "namespace": "default"},
+            "deleteOptions": {"gracePeriodSeconds": 0}})
+    );
+}
+
+#[test]
 fn malformed_and_unsupported_bodies() {
     let check_err = |body: &[u8], code: u16, needle: &str| {
         let err = decode(body).unwrap_err();
