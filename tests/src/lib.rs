@@ -5,8 +5,8 @@
 
 pub mod api;
 pub mod containerd;
-pub mod masters;
 pub mod dataplane;
+pub mod masters;
 pub mod privileged;
 pub mod wait;
 

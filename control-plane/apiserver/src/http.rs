@@ -684,7 +684,15 @@ impl Server {
                 if sub == Some(Subresource::Scale) {
                     let out = reg
                         .update_scale(res, &ns, &name, &wctx, |scale| {
-                            patch_bridge::apply_patch(res, kind, Some(scale), body, &wctx, force, None)
+                            patch_bridge::apply_patch(
+                                res,
+                                kind,
+                                Some(scale),
+                                body,
+                                &wctx,
+                                force,
+                                None,
+                            )
                         })
                         .await?;
                     return Ok(json_response(200, &out, "application/json"));
@@ -696,17 +704,23 @@ impl Server {
                         &name,
                         &wctx,
                         sub,
-                        |old| patch_bridge::apply_patch(res, kind, Some(old), body, &wctx, force, sub_name),
+                        |old| {
+                            patch_bridge::apply_patch(
+                                res,
+                                kind,
+                                Some(old),
+                                body,
+                                &wctx,
+                                force,
+                                sub_name,
+                            )
+                        },
                         true,
                     )
                     .await;
                 let (code, obj) = match result {
                     Ok(o) => (200, o),
-                    Err(e)
-                        if e.code == 404
-                            && kind == PatchType::Apply
-                            && sub.is_none() =>
-                    {
+                    Err(e) if e.code == 404 && kind == PatchType::Apply && sub.is_none() => {
                         let applied =
                             patch_bridge::apply_patch(res, kind, None, body, &wctx, force, None)?;
                         (201, reg.create(res, &ns, applied, &wctx).await?)

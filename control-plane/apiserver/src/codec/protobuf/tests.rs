@@ -34,6 +34,11 @@ impl Enc {
         self.0.extend_from_slice(b);
         self
     }
+    pub(crate) fn fixed64(mut self, n: u32, bits: u64) -> Self {
+        self.varint((u64::from(n) << 3) | 1);
+        self.0.extend_from_slice(&bits.to_le_bytes());
+        self
+    }
     pub(crate) fn str(self, n: u32, s: &str) -> Self {
         self.bytes(n, s.as_bytes())
     }
