@@ -150,7 +150,12 @@ pub(crate) fn parse(text: &str) -> Result<Schema, String> {
         }
         let words: Vec<&str> = trimmed.split_whitespace().collect();
         match words.as_slice() {
-            ["root", name] => schema.roots.push((*name).to_owned()),
+            ["root", name] => {
+                if schema.roots.iter().any(|r| r == name) {
+                    return Err(format!("line {lineno}: root {name} declared twice"));
+                }
+                schema.roots.push((*name).to_owned());
+            }
             ["message", name] => {
                 if schema.messages.contains_key(*name) {
                     return Err(format!("line {lineno}: message {name} declared twice"));
