@@ -449,12 +449,39 @@ impl EbpfProxier {
         &mut self,
         desired: &DesiredState,
     ) -> (LbState, LbState, BTreeMap<SvcKey, ServicePortName>) {
-        let mut changed: Vec<ServicePortKey> = desired
-            .iter()
-            .filter(|(k, sp)| self.last.get(*k) != Some(*sp))
-            .map(|(k, _)| k.clone())
-            .collect();
-        changed.extend(self.last.keys().filter(|k| !desired.contains_key(*k)).cloned());
+        // Both maps are sorted by key: one merge pass finds added, changed and removed ports.
+        let mut changed: Vec<ServicePortKey> = Vec::new();
+        let (mut a, mut b) = (desired.iter().peekable(), self.last.iter().peekable());
+        loop {
+            match (a.peek(), b.peek()) {
+                (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
+                    std::cmp::Ordering::Less => {
+                        changed.push((*ka).clone());
+                        a.next();
+                    }
+                    std::cmp::Ordering::Greater => {
+                        changed.push((*kb).clone());
+                        b.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        if va != vb {
+                            changed.push((*ka).clone());
+                        }
+                        a.next();
+                        b.next();
+                    }
+                },
+                (Some((ka, _)), None) => {
+                    changed.push((*ka).clone());
+                    a.next();
+                }
+                (None, Some((kb, _))) => {
+                    changed.push((*kb).clone());
+                    b.next();
+                }
+                (None, None) => break,
+            }
+        }
         let mut sub_current = LbState::default();
         let mut sub_want = LbState::default();
         let mut owners = BTreeMap::new();
@@ -560,6 +587,7 @@ impl EbpfProxier {
                         }
                     } else {
                         self.current.frontends.remove(&key);
+                        self.ids.svc.remove(&key);
                         report.removed += 1;
                     }
                 }
@@ -585,9 +613,12 @@ impl EbpfProxier {
                 self.current.backends.insert(*id, *b);
             }
         }
-        for id in from.backends.keys() {
+        for (id, b) in &from.backends {
             if !to.backends.contains_key(id) {
                 self.current.backends.remove(id);
+                if !self.refs.contains_key(id) {
+                    self.ids.backend.remove(&(b.ip, b.port, b.proto));
+                }
             }
         }
         report.changed = changed.len();
@@ -615,24 +646,26 @@ impl Proxier for EbpfProxier {
 
     fn sync(&mut self, desired: &DesiredState) -> Result<SyncReport, ProxyError> {
         let started = Instant::now();
-        let (sub_current, sub_want, owners) = if self.last.is_empty() {
-            self.full_diff(desired)
-        } else {
-            self.incremental_diff(desired)
-        };
+        let full = self.last.is_empty();
+        let (sub_current, sub_want, owners) =
+            if full { self.full_diff(desired) } else { self.incremental_diff(desired) };
         let report = self.apply_plan(&sub_current, &sub_want, &owners);
         // Service ports whose frontends failed are retried from scratch next time.
         for (name, _) in &report.failed {
             self.last.retain(|k, _| &k.0 != name);
         }
-        let current = &self.current;
-        let failed: BTreeSet<&ServicePortName> = report.failed.iter().map(|(n, _)| n).collect();
-        self.ids.svc.retain(|k, _| {
-            current.frontends.contains_key(k) || owners.get(k).is_some_and(|o| failed.contains(o))
-        });
-        self.ids
-            .backend
-            .retain(|_, id| current.backends.contains_key(id) || self.refs.contains_key(id));
+        if full {
+            // First sync: ids of everything no longer in the maps go (failed ports keep theirs).
+            let current = &self.current;
+            let failed: BTreeSet<&ServicePortName> = report.failed.iter().map(|(n, _)| n).collect();
+            self.ids.svc.retain(|k, _| {
+                current.frontends.contains_key(k)
+                    || owners.get(k).is_some_and(|o| failed.contains(o))
+            });
+            self.ids
+                .backend
+                .retain(|_, id| current.backends.contains_key(id) || self.refs.contains_key(id));
+        }
         self.counters.syncs += 1;
         self.counters.last_sync_seconds = started.elapsed().as_secs_f64();
         self.poll_events();
