@@ -23,6 +23,17 @@ enum Task {
     Ci,
     /// The main job (today: the eBPF and container proofs; see README).
     Demo,
+    /// Benchmarks that write docs/benchmarks/<area>.{md,json}.
+    Bench {
+        #[command(subcommand)]
+        area: BenchArea,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchArea {
+    /// Service routing: direct vs iptables vs eBPF (root; nginx, wrk, gnuplot).
+    Dataplane(xtask::bench_dataplane::DataplaneArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +43,9 @@ fn main() -> ExitCode {
         Task::Images => xtask::images::build_images(),
         Task::Ci => xtask::ci::run_ci(),
         Task::Demo => xtask::demo::run_demo(),
+        Task::Bench { area: BenchArea::Dataplane(args) } => {
+            xtask::bench_dataplane::run_dataplane(&args)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
