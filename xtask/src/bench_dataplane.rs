@@ -286,8 +286,9 @@ fn agent_cleanup(env: &Env, mode: Mode, source: &Path) -> Result<()> {
     output(&mut cmd).map(drop)
 }
 
-/// Runs wrk from the client netns inside the bench cgroup; returns (requests/s, p50 ms, p99 ms).
-fn wrk(env: &Env, url: &str, close: bool, args: &DataplaneArgs) -> Result<(f64, f64, f64)> {
+/// Runs wrk from the client netns inside the bench cgroup; returns (requests/s, p50 ms, p99 ms,
+/// wrk's socket-error line or "").
+fn wrk(env: &Env, url: &str, close: bool, args: &DataplaneArgs) -> Result<(f64, f64, f64, String)> {
     let mut script = format!(
         "echo $$ > {}/cgroup.procs && exec ip netns exec {} wrk --latency -t1 -c{} -d{}s",
         env.cgroup.display(),
@@ -311,7 +312,12 @@ fn wrk(env: &Env, url: &str, close: bool, args: &DataplaneArgs) -> Result<(f64, 
             .find_map(|l| l.strip_prefix(p))
             .map_or(f64::NAN, |v| parse_duration_ms(v.trim()))
     };
-    Ok((rps, pct("50%"), pct("99%")))
+    let errors = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Socket errors:"))
+        .map(|e| e.trim().to_owned())
+        .unwrap_or_default();
+    Ok((rps, pct("50%"), pct("99%"), errors))
 }
 
 fn parse_duration_ms(v: &str) -> f64 {
@@ -403,8 +409,8 @@ pub fn run_dataplane(args: &DataplaneArgs) -> Result<()> {
             if mode != Mode::Direct {
                 agent_cleanup(&env, mode, &source)?;
             }
-            let (conn_s, p50, p99) = close?;
-            let (req_s, _, _) = keep?;
+            let (conn_s, p50, p99, close_errors) = close?;
+            let (req_s, _, _, keep_errors) = keep?;
             let (full, ch50, ch99, cpu) = if sync.is_null() {
                 (f64::NAN, f64::NAN, f64::NAN, f64::NAN)
             } else {
@@ -415,7 +421,8 @@ pub fn run_dataplane(args: &DataplaneArgs) -> Result<()> {
             );
             rows.push(json!({"mode": mode.name(), "services": n, "conn_per_s": conn_s, "keepalive_req_per_s": req_s,
                 "close_latency_p50_ms": p50, "close_latency_p99_ms": p99, "full_sync_s": full, "change_p50_ms": ch50,
-                "change_p99_ms": ch99, "churn_cpu_percent": cpu, "agent": sync}));
+                "change_p99_ms": ch99, "churn_cpu_percent": cpu, "wrk_socket_errors_close": close_errors,
+                "wrk_socket_errors_keepalive": keep_errors, "agent": sync}));
         }
     }
     // iptables-legacy sync time (its --noflush restore), in a namespace of its own.
@@ -523,7 +530,7 @@ fn write_report(args: &DataplaneArgs, rows: &[Value], legacy: &[Value], load: &s
         );
         let _ = writeln!(md, "| {n} | {d:.0} | {i:.0} | {e:.0} | {:.2}× |", e / d);
     }
-    md.push_str("\n## Latency of a request on a new connection (connect + request, wrk), ms\n\n| Services | direct p50 / p99 | iptables p50 / p99 | eBPF p50 / p99 |\n|---|---|---|---|\n");
+    md.push_str("\n## Request latency on new connections (wrk, from request sent to response; connect time not included), ms\n\n| Services | direct p50 / p99 | iptables p50 / p99 | eBPF p50 / p99 |\n|---|---|---|---|\n");
     for &n in &args.services {
         let f = |m: &str| {
             format!(
@@ -550,6 +557,24 @@ fn write_report(args: &DataplaneArgs, rows: &[Value], legacy: &[Value], load: &s
             get(rows, "ebpf", n, "churn_cpu_percent"),
             get(rows, "iptables", n, "churn_cpu_percent")
         );
+    }
+    let errors: Vec<String> = rows
+        .iter()
+        .filter(|r| r["wrk_socket_errors_close"] != "" || r["wrk_socket_errors_keepalive"] != "")
+        .map(|r| {
+            format!(
+                "- {} × {}: close: {} / keep-alive: {}",
+                r["mode"],
+                r["services"],
+                r["wrk_socket_errors_close"],
+                r["wrk_socket_errors_keepalive"]
+            )
+        })
+        .collect();
+    if !errors.is_empty() {
+        md.push_str("\nwrk socket errors (connect, read, write, timeout):\n\n");
+        md.push_str(&errors.join("\n"));
+        md.push('\n');
     }
     md.push_str("\nSingle runs on a shared 2-core machine: indicative, not precise. Only figures measured in this run are shown.\n");
     fs::write(out.join("dataplane.md"), md)?;

@@ -190,7 +190,9 @@ pub fn run(cfg: &StandaloneConfig) -> Result<Option<RunReport>, ProxyError> {
     }
     let state = Arc::new(Mutex::new((SystemTime::now(), proxier.get().metrics())));
     if let Some(addr) = cfg.healthz {
-        serve_health(addr, Arc::clone(&state))?;
+        let listener = TcpListener::bind(addr)
+            .map_err(|source| source::SourceError::Io { what: format!("bind {addr}"), source })?;
+        serve_health(listener, Arc::clone(&state));
     }
     let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let mut seen = mtime(&cfg.source);
@@ -236,18 +238,18 @@ pub fn run(cfg: &StandaloneConfig) -> Result<Option<RunReport>, ProxyError> {
 
 /// `/healthz` (kube-proxy's JSON: lastUpdated, currentTime; 503 when the loop stalls) and
 /// `/metrics` on a plain HTTP/1.1 listener thread.
-fn serve_health(
-    addr: SocketAddr,
-    state: Arc<Mutex<(SystemTime, String)>>,
-) -> Result<(), ProxyError> {
-    let listener = TcpListener::bind(addr)
-        .map_err(|source| source::SourceError::Io { what: format!("bind {addr}"), source })?;
+fn serve_health(listener: TcpListener, state: Arc<Mutex<(SystemTime, String)>>) {
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {
             let mut reader = BufReader::new(&conn);
             let mut request = String::new();
             if reader.read_line(&mut request).is_err() {
                 continue;
+            }
+            // Read the headers too: closing with unread input would reset the connection.
+            let mut header = String::new();
+            while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+                header.clear();
             }
             let (updated, metrics) = match state.lock() {
                 Ok(s) => s.clone(),
@@ -278,5 +280,37 @@ fn serve_health(
             );
         }
     });
-    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read as _;
+    use std::net::TcpStream;
+
+    use super::*;
+
+    fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = TcpStream::connect(addr).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn healthz_and_metrics_answer_like_kube_proxy() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state =
+            Arc::new(Mutex::new((SystemTime::now(), "skiff_proxy_syncs_total 3\n".to_owned())));
+        serve_health(listener, Arc::clone(&state));
+        let health = get(addr, "/healthz");
+        assert!(health.starts_with("HTTP/1.1 200 OK"), "{health}");
+        assert!(health.contains("\"lastUpdated\": "), "{health}");
+        assert!(get(addr, "/metrics").ends_with("skiff_proxy_syncs_total 3\n"));
+        assert!(get(addr, "/nope").starts_with("HTTP/1.1 404"));
+        // A loop that stopped syncing is unhealthy.
+        state.lock().unwrap().0 = SystemTime::now() - Duration::from_mins(10);
+        assert!(get(addr, "/healthz").starts_with("HTTP/1.1 503"));
+    }
 }
