@@ -36,11 +36,14 @@ pub struct Limits {
     pub max_inflight: usize,
     /// Open watches per user before 429.
     pub max_watches_per_user: usize,
+    /// Events kept per resource for watches resuming from an older resourceVersion; older
+    /// versions get an in-stream 410.
+    pub watch_history: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_inflight: 800, max_watches_per_user: 4096 }
+        Self { max_inflight: 800, max_watches_per_user: 4096, watch_history: crate::cache::HISTORY }
     }
 }
 
