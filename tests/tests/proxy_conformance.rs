@@ -300,8 +300,11 @@ fn service_without_endpoints_refuses(h: &mut Harness) -> Result<()> {
     let answer = h.topo.probe().cmd(&format!("tcp {VIP} 80 1"))?;
     ensure!(answer == "err ConnectionRefused", "{answer}");
     if h.mode == Mode::Ebpf {
+        // The program counted the refusal and sent an event; a sync drains events into tracing.
+        h.sync(&[svc("empty", [10, 96, 0, 10], &[])])?;
         let m = h.metrics();
         ensure!(m.contains("skiff_lb_program_total{counter=\"refused_no_endpoints\"} 1"), "{m}");
+        ensure!(m.contains("skiff_proxy_program_events_total 1"), "{m}");
     }
     Ok(())
 }

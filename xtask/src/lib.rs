@@ -2,6 +2,7 @@
 //! test builds its images with [`images::build_all`]).
 
 pub mod bench_api;
+pub mod bench_dataplane;
 pub mod ci;
 pub mod demo;
 pub mod ebpf;

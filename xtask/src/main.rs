@@ -23,7 +23,7 @@ enum Task {
     Ci,
     /// The main job (today: the eBPF and container proofs; see README).
     Demo,
-    /// Benchmarks against their anchors; results in docs/benchmarks/.
+    /// Benchmarks against their anchors; results in docs/benchmarks/<area>.{md,json}.
     Bench {
         #[command(subcommand)]
         area: BenchArea,
@@ -41,6 +41,8 @@ enum BenchArea {
         #[arg(long)]
         note: Option<String>,
     },
+    /// Service routing: direct vs iptables vs eBPF (root; nginx, wrk, gnuplot).
+    Dataplane(xtask::bench_dataplane::DataplaneArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +54,9 @@ fn main() -> ExitCode {
         Task::Demo => xtask::demo::run_demo(),
         Task::Bench { area: BenchArea::Api { small, note } } => {
             xtask::bench_api::bench_api(small, note.as_deref())
+        }
+        Task::Bench { area: BenchArea::Dataplane(args) } => {
+            xtask::bench_dataplane::run_dataplane(&args)
         }
     };
     match result {

@@ -155,10 +155,15 @@ impl Iptables {
             let command = format!("{tool} {}", args.join(" "));
             let spawn_err = |source| IptablesError::Spawn { command: command.clone(), source };
             let mut child = cmd.spawn().map_err(spawn_err)?;
-            if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-                pipe.write_all(input).map_err(spawn_err)?;
-            }
+            // A write error (the tool quit early) shows up as its exit status and stderr below.
+            let written = match (stdin, child.stdin.take()) {
+                (Some(input), Some(mut pipe)) => pipe.write_all(input),
+                _ => Ok(()),
+            };
             let out = child.wait_with_output().map_err(spawn_err)?;
+            if out.status.success() {
+                written.map_err(spawn_err)?;
+            }
             if out.status.success() {
                 Ok(out)
             } else {

@@ -17,7 +17,10 @@ use crate::kernel::bpf_lb::{
     LbError, LbMapSizes, RevNat, SVC_FLAG_AFFINITY, SockLb, SvcKey, SvcVal,
 };
 
-use super::{DesiredState, Protocol, Proxier, ProxyError, ServicePortName, SyncReport};
+use super::{
+    DesiredState, Protocol, Proxier, ProxyError, ServicePort, ServicePortKey, ServicePortName,
+    SyncReport,
+};
 
 fn proto_num(p: Protocol) -> u8 {
     match p {
@@ -45,11 +48,14 @@ pub struct LbState {
 }
 
 /// Stable ids: a frontend keeps its service id and a backend address its backend id for as long
-/// as they exist, also across agent restarts (recovered from the maps).
+/// as they exist, also across agent restarts (recovered from the maps). New ids come from a
+/// counter above the highest id in use (ids are 32-bit and never run out in practice).
 #[derive(Debug, Clone, Default)]
 pub struct Ids {
     svc: BTreeMap<SvcKey, u32>,
     backend: BTreeMap<(u32, u16, u8), u32>,
+    next_svc: u32,
+    next_backend: u32,
 }
 
 impl Ids {
@@ -58,22 +64,76 @@ impl Ids {
         let mut ids = Ids::default();
         for (k, f) in &state.frontends {
             ids.svc.insert(*k, f.svc_id);
+            ids.next_svc = ids.next_svc.max(f.svc_id);
         }
         for (id, b) in &state.backends {
             ids.backend.insert((b.ip, b.port, b.proto), *id);
+            ids.next_backend = ids.next_backend.max(*id);
         }
         ids
-    }
-
-    fn alloc(used: &BTreeSet<u32>) -> u32 {
-        // Ids start at 1; the lowest free one keeps them dense.
-        (1..u32::MAX).find(|i| !used.contains(i)).unwrap_or(u32::MAX)
     }
 
     /// Drops ids not used by `state` (after it was applied).
     pub fn retain(&mut self, state: &LbState) {
         self.svc.retain(|k, _| state.frontends.contains_key(k));
         self.backend.retain(|_, id| state.backends.contains_key(id));
+    }
+}
+
+/// The entries one Service port needs: its frontends (ClusterIP and external IPs) and the
+/// backends they use (active) or keep for existing connections (terminating).
+pub fn contribution(sp: &ServicePort, ids: &mut Ids) -> LbState {
+    let mut state = LbState::default();
+    let proto = proto_num(sp.protocol);
+    let mut backend_id = |ip: Ipv4Addr, port: u16, state_flag: u8, st: &mut LbState| -> u32 {
+        let val = BackendVal::new(ip, port, proto, state_flag);
+        let next = &mut ids.next_backend;
+        let id = *ids.backend.entry((val.ip, val.port, proto)).or_insert_with(|| {
+            *next += 1;
+            *next
+        });
+        let entry = st.backends.entry(id).or_insert(val);
+        if state_flag == BACKEND_ACTIVE {
+            entry.state = BACKEND_ACTIVE;
+        }
+        id
+    };
+    let slots: Vec<u32> = sp
+        .usable_endpoints()
+        .iter()
+        .map(|e| backend_id(e.ip, e.port, BACKEND_ACTIVE, &mut state))
+        .collect();
+    for e in sp.draining_endpoints() {
+        backend_id(e.ip, e.port, BACKEND_TERMINATING, &mut state);
+    }
+    let (flags, affinity_s) = match sp.affinity_timeout_s {
+        Some(t) => (SVC_FLAG_AFFINITY, t),
+        None => (0, 0),
+    };
+    for vip in sp.frontends() {
+        let key = SvcKey::new(vip, sp.port, proto, 0);
+        let next = &mut ids.next_svc;
+        let svc_id = *ids.svc.entry(key).or_insert_with(|| {
+            *next += 1;
+            *next
+        });
+        state
+            .frontends
+            .insert(key, FrontendState { svc_id, flags, affinity_s, slots: slots.clone() });
+    }
+    state
+}
+
+/// Adds `part` to `state`; a backend active for any Service port is active.
+fn merge(state: &mut LbState, part: &LbState) {
+    for (k, f) in &part.frontends {
+        state.frontends.insert(*k, f.clone());
+    }
+    for (id, b) in &part.backends {
+        let entry = state.backends.entry(*id).or_insert(*b);
+        if b.state == BACKEND_ACTIVE {
+            entry.state = BACKEND_ACTIVE;
+        }
     }
 }
 
@@ -84,48 +144,12 @@ pub fn lb_state(
 ) -> (LbState, BTreeMap<SvcKey, ServicePortName>) {
     let mut state = LbState::default();
     let mut owners = BTreeMap::new();
-    let mut used_svc: BTreeSet<u32> = ids.svc.values().copied().collect();
-    let mut used_be: BTreeSet<u32> = ids.backend.values().copied().collect();
     for sp in desired.values() {
-        let proto = proto_num(sp.protocol);
-        let mut backend_id = |ip: Ipv4Addr, port: u16, state_flag: u8, st: &mut LbState| -> u32 {
-            let val = BackendVal::new(ip, port, proto, state_flag);
-            let id = *ids.backend.entry((val.ip, val.port, proto)).or_insert_with(|| {
-                let id = Ids::alloc(&used_be);
-                used_be.insert(id);
-                id
-            });
-            // Active wins when the same address is active for one Service and draining for another.
-            let entry = st.backends.entry(id).or_insert(val);
-            if state_flag == BACKEND_ACTIVE {
-                entry.state = BACKEND_ACTIVE;
-            }
-            id
-        };
-        let slots: Vec<u32> = sp
-            .usable_endpoints()
-            .iter()
-            .map(|e| backend_id(e.ip, e.port, BACKEND_ACTIVE, &mut state))
-            .collect();
-        for e in sp.draining_endpoints() {
-            backend_id(e.ip, e.port, BACKEND_TERMINATING, &mut state);
+        let part = contribution(sp, ids);
+        for k in part.frontends.keys() {
+            owners.insert(*k, sp.name.clone());
         }
-        let (flags, affinity_s) = match sp.affinity_timeout_s {
-            Some(t) => (SVC_FLAG_AFFINITY, t),
-            None => (0, 0),
-        };
-        for vip in sp.frontends() {
-            let key = SvcKey::new(vip, sp.port, proto, 0);
-            let svc_id = *ids.svc.entry(key).or_insert_with(|| {
-                let id = Ids::alloc(&used_svc);
-                used_svc.insert(id);
-                id
-            });
-            state
-                .frontends
-                .insert(key, FrontendState { svc_id, flags, affinity_s, slots: slots.clone() });
-            owners.insert(key, sp.name.clone());
-        }
+        merge(&mut state, &part);
     }
     (state, owners)
 }
@@ -246,8 +270,10 @@ fn read_state(lb: &SockLb) -> Result<LbState, LbError> {
             slots.entry(SvcKey { slot: 0, ..*k }).or_default().insert(k.slot, v.id);
         }
     }
+    let counts: BTreeMap<SvcKey, u16> =
+        entries.iter().filter(|(k, _)| k.slot == 0).map(|(k, v)| (*k, v.count)).collect();
     for (k, f) in &mut state.frontends {
-        let count = entries.iter().find(|(e, _)| e == k).map_or(0, |(_, v)| v.count);
+        let count = counts.get(k).copied().unwrap_or(0);
         let have = slots.get(k);
         f.slots = (1..=count).map_while(|s| have.and_then(|m| m.get(&s)).copied()).collect();
     }
@@ -280,8 +306,15 @@ struct Counters {
 /// Socket-level load balancing through the maps of `ebpf/sock_lb.c`.
 pub struct EbpfProxier {
     lb: SockLb,
+    /// What the maps hold (as far as we know).
     current: LbState,
     ids: Ids,
+    /// The last desired state per Service port, and its map entries: a sync compares against
+    /// these and touches only what changed (O(changed), not O(all Services)).
+    last: BTreeMap<ServicePortKey, ServicePort>,
+    by_service: BTreeMap<ServicePortKey, LbState>,
+    /// Which Service ports use each backend id, and how (active or terminating).
+    refs: BTreeMap<u32, BTreeMap<ServicePortKey, u8>>,
     counters: Counters,
     events: Option<aya::maps::RingBuf<aya::maps::MapData>>,
     log_window: (Instant, u32),
@@ -319,6 +352,9 @@ impl EbpfProxier {
             lb,
             current,
             ids,
+            last: BTreeMap::new(),
+            by_service: BTreeMap::new(),
+            refs: BTreeMap::new(),
             counters: Counters::default(),
             events,
             log_window: (Instant::now(), 0),
@@ -386,29 +422,140 @@ impl EbpfProxier {
         n
     }
 
-    fn apply(&mut self, op: &MapOp) -> Result<(), LbError> {
-        match op {
-            MapOp::BackendPut(id, b) => self.lb.backend_insert(*id, *b),
-            MapOp::RevNatPut(id, r) => self.lb.revnat_insert(*id, *r),
-            MapOp::SlotPut(k, v) => self.lb.svc_insert(*k, *v),
-            MapOp::SlotDel(k) => self.lb.svc_remove(k),
-            MapOp::RevNatDel(id) => self.lb.revnat_remove(*id),
-            MapOp::BackendDel(id) => self.lb.backend_remove(*id),
+    /// Everything against the maps (first sync, also after adopting pinned maps).
+    fn full_diff(
+        &mut self,
+        desired: &DesiredState,
+    ) -> (LbState, LbState, BTreeMap<SvcKey, ServicePortName>) {
+        let mut want = LbState::default();
+        let mut owners = BTreeMap::new();
+        self.refs.clear();
+        self.by_service.clear();
+        for (key, sp) in desired {
+            let part = contribution(sp, &mut self.ids);
+            self.note_refs(key, &part);
+            for k in part.frontends.keys() {
+                owners.insert(*k, sp.name.clone());
+            }
+            merge(&mut want, &part);
+            self.last.insert(key.clone(), sp.clone());
+            self.by_service.insert(key.clone(), part);
+        }
+        (self.current.clone(), want, owners)
+    }
+
+    /// Only the Service ports that differ from the last sync, and the backends they touch.
+    fn incremental_diff(
+        &mut self,
+        desired: &DesiredState,
+    ) -> (LbState, LbState, BTreeMap<SvcKey, ServicePortName>) {
+        // Both maps are sorted by key: one merge pass finds added, changed and removed ports.
+        let mut changed: Vec<ServicePortKey> = Vec::new();
+        let (mut a, mut b) = (desired.iter().peekable(), self.last.iter().peekable());
+        loop {
+            match (a.peek(), b.peek()) {
+                (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
+                    std::cmp::Ordering::Less => {
+                        changed.push((*ka).clone());
+                        a.next();
+                    }
+                    std::cmp::Ordering::Greater => {
+                        changed.push((*kb).clone());
+                        b.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        if va != vb {
+                            changed.push((*ka).clone());
+                        }
+                        a.next();
+                        b.next();
+                    }
+                },
+                (Some((ka, _)), None) => {
+                    changed.push((*ka).clone());
+                    a.next();
+                }
+                (None, Some((kb, _))) => {
+                    changed.push((*kb).clone());
+                    b.next();
+                }
+                (None, None) => break,
+            }
+        }
+        let mut sub_current = LbState::default();
+        let mut sub_want = LbState::default();
+        let mut owners = BTreeMap::new();
+        let mut touched: BTreeSet<u32> = BTreeSet::new();
+        for key in changed {
+            if let Some(old) = self.by_service.remove(&key) {
+                for k in old.frontends.keys() {
+                    if let Some(f) = self.current.frontends.get(k) {
+                        sub_current.frontends.insert(*k, f.clone());
+                    }
+                    owners.insert(*k, key.0.clone());
+                }
+                for id in old.backends.keys() {
+                    touched.insert(*id);
+                    if let Some(users) = self.refs.get_mut(id) {
+                        users.remove(&key);
+                        if users.is_empty() {
+                            self.refs.remove(id);
+                        }
+                    }
+                }
+            }
+            match desired.get(&key) {
+                Some(sp) => {
+                    let part = contribution(sp, &mut self.ids);
+                    self.note_refs(&key, &part);
+                    touched.extend(part.backends.keys());
+                    for (k, f) in &part.frontends {
+                        sub_want.frontends.insert(*k, f.clone());
+                        owners.insert(*k, key.0.clone());
+                    }
+                    self.last.insert(key.clone(), sp.clone());
+                    self.by_service.insert(key, part);
+                }
+                None => {
+                    self.last.remove(&key);
+                }
+            }
+        }
+        for id in touched {
+            if let Some(b) = self.current.backends.get(&id) {
+                sub_current.backends.insert(id, *b);
+            }
+            if let Some(users) = self.refs.get(&id) {
+                let active = users.values().any(|s| *s == BACKEND_ACTIVE);
+                let template = users
+                    .keys()
+                    .find_map(|k| self.by_service.get(k).and_then(|p| p.backends.get(&id)))
+                    .copied();
+                if let Some(mut b) = template {
+                    b.state = if active { BACKEND_ACTIVE } else { BACKEND_TERMINATING };
+                    sub_want.backends.insert(id, b);
+                }
+            }
+        }
+        (sub_current, sub_want, owners)
+    }
+
+    fn note_refs(&mut self, key: &ServicePortKey, part: &LbState) {
+        for (id, b) in &part.backends {
+            self.refs.entry(*id).or_default().insert(key.clone(), b.state);
         }
     }
-}
 
-impl Proxier for EbpfProxier {
-    fn mode(&self) -> &'static str {
-        "ebpf"
-    }
-
-    fn sync(&mut self, desired: &DesiredState) -> Result<SyncReport, ProxyError> {
-        let started = Instant::now();
-        let (want, owners) = lb_state(desired, &mut self.ids);
-        let groups = plan(&self.current, &want);
+    /// Applies the plan from `from` to `to` (both restricted to the same frontends and
+    /// backends) and records what took effect in `self.current`.
+    fn apply_plan(
+        &mut self,
+        from: &LbState,
+        to: &LbState,
+        owners: &BTreeMap<SvcKey, ServicePortName>,
+    ) -> SyncReport {
+        let groups = plan(from, to);
         let mut report = SyncReport::default();
-        let mut failed_frontends: BTreeSet<SvcKey> = BTreeSet::new();
         let mut failed_backends: BTreeSet<u32> = BTreeSet::new();
         let mut changed: BTreeSet<&ServicePortName> = BTreeSet::new();
         for group in &groups {
@@ -433,13 +580,14 @@ impl Proxier for EbpfProxier {
             }
             match (result, group.frontend) {
                 (Ok(()), Some(key)) => {
-                    if let Some(f) = want.frontends.get(&key) {
+                    if let Some(f) = to.frontends.get(&key) {
                         self.current.frontends.insert(key, f.clone());
                         if let Some(o) = owners.get(&key) {
                             changed.insert(o);
                         }
                     } else {
                         self.current.frontends.remove(&key);
+                        self.ids.svc.remove(&key);
                         report.removed += 1;
                     }
                 }
@@ -452,8 +600,6 @@ impl Proxier for EbpfProxier {
                     let owner = frontend.and_then(|k| owners.get(&k)).cloned();
                     tracing::error!(service = ?owner.as_ref().map(ToString::to_string), error = %e, "load-balancer map update failed");
                     if let Some(key) = frontend {
-                        failed_frontends.insert(key);
-                        // Unknown contents now: forget it so the next sync rewrites it.
                         self.current.frontends.remove(&key);
                         if let Some(o) = owner {
                             report.failed.push((o, e.to_string()));
@@ -462,24 +608,64 @@ impl Proxier for EbpfProxier {
                 }
             }
         }
-        for (id, b) in &want.backends {
+        for (id, b) in &to.backends {
             if !failed_backends.contains(id) {
                 self.current.backends.insert(*id, *b);
             }
         }
-        self.current
-            .backends
-            .retain(|id, _| want.backends.contains_key(id) || failed_backends.contains(id));
-        let mut keep = self.current.clone();
-        for k in &failed_frontends {
-            if let Some(f) = want.frontends.get(k) {
-                keep.frontends.insert(*k, f.clone()); // keep their ids reserved
+        for (id, b) in &from.backends {
+            if !to.backends.contains_key(id) {
+                self.current.backends.remove(id);
+                if !self.refs.contains_key(id) {
+                    self.ids.backend.remove(&(b.ip, b.port, b.proto));
+                }
             }
         }
-        self.ids.retain(&keep);
         report.changed = changed.len();
         report.failed.sort();
         report.failed.dedup();
+        report
+    }
+
+    fn apply(&mut self, op: &MapOp) -> Result<(), LbError> {
+        match op {
+            MapOp::BackendPut(id, b) => self.lb.backend_insert(*id, *b),
+            MapOp::RevNatPut(id, r) => self.lb.revnat_insert(*id, *r),
+            MapOp::SlotPut(k, v) => self.lb.svc_insert(*k, *v),
+            MapOp::SlotDel(k) => self.lb.svc_remove(k),
+            MapOp::RevNatDel(id) => self.lb.revnat_remove(*id),
+            MapOp::BackendDel(id) => self.lb.backend_remove(*id),
+        }
+    }
+}
+
+impl Proxier for EbpfProxier {
+    fn mode(&self) -> &'static str {
+        "ebpf"
+    }
+
+    fn sync(&mut self, desired: &DesiredState) -> Result<SyncReport, ProxyError> {
+        let started = Instant::now();
+        let full = self.last.is_empty();
+        let (sub_current, sub_want, owners) =
+            if full { self.full_diff(desired) } else { self.incremental_diff(desired) };
+        let report = self.apply_plan(&sub_current, &sub_want, &owners);
+        // Service ports whose frontends failed are retried from scratch next time.
+        for (name, _) in &report.failed {
+            self.last.retain(|k, _| &k.0 != name);
+        }
+        if full {
+            // First sync: ids of everything no longer in the maps go (failed ports keep theirs).
+            let current = &self.current;
+            let failed: BTreeSet<&ServicePortName> = report.failed.iter().map(|(n, _)| n).collect();
+            self.ids.svc.retain(|k, _| {
+                current.frontends.contains_key(k)
+                    || owners.get(k).is_some_and(|o| failed.contains(o))
+            });
+            self.ids
+                .backend
+                .retain(|_, id| current.backends.contains_key(id) || self.refs.contains_key(id));
+        }
         self.counters.syncs += 1;
         self.counters.last_sync_seconds = started.elapsed().as_secs_f64();
         self.poll_events();

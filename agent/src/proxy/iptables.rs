@@ -26,6 +26,10 @@ const MASQ_MARK: &str = "0x4000/0x4000";
 pub struct IptablesConfig {
     /// Pod CIDR of the cluster: traffic to a ClusterIP from outside it is masqueraded.
     pub cluster_cidr: Option<String>,
+    /// Restore the whole `filter` and `nat` tables (flushing, built-in chains and jumps
+    /// included) on every sync instead of `--noflush` chain updates. Only for a namespace the
+    /// proxy owns alone (the benchmark's node): it replaces every other rule in those tables.
+    pub full_tables: bool,
 }
 
 fn base32(data: &[u8]) -> String {
@@ -452,6 +456,43 @@ impl Rules {
     }
 }
 
+fn quote(arg: &str) -> String {
+    if arg.contains(' ') { format!("\"{arg}\"") } else { arg.to_owned() }
+}
+
+impl Rules {
+    /// Complete `filter` and `nat` tables for a flushing `iptables-restore`: built-in chains,
+    /// the jumps into kube-proxy's chains, and every rule.
+    pub fn render_tables(&self) -> String {
+        let body = self.render(None, &BTreeSet::new());
+        let mut out = String::with_capacity(body.len() + 1024);
+        let mut table = "";
+        for line in body.lines() {
+            if line == "COMMIT" {
+                // Jumps last: every chain they name is declared by now.
+                for (t, chain, rule) in JUMPS {
+                    if t == table {
+                        let args: Vec<String> = rule.iter().map(|a| quote(a)).collect();
+                        let _ = writeln!(out, "-A {chain} {}", args.join(" "));
+                    }
+                }
+            }
+            out.push_str(line);
+            out.push('\n');
+            let builtins: &[&str] = match line {
+                "*filter" => &["INPUT", "FORWARD", "OUTPUT"],
+                "*nat" => &["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"],
+                _ => continue,
+            };
+            table = &line[1..];
+            for c in builtins {
+                let _ = writeln!(out, ":{c} ACCEPT [0:0]");
+            }
+        }
+        out
+    }
+}
+
 /// Service ports whose rules differ between two rule sets (added, changed or removed).
 fn changed_services(old: &Rules, new: &Rules) -> BTreeSet<ServicePortKey> {
     let mut out: BTreeSet<ServicePortKey> = new
@@ -551,6 +592,10 @@ impl Proxier for IptablesProxier {
         let rules = Rules::generate(desired, &self.cfg);
         let now_chains = rules.service_chains();
         let (text, report) = match &self.last {
+            _ if self.cfg.full_tables => {
+                let report = SyncReport { changed: desired.len(), ..SyncReport::default() };
+                (rules.render_tables(), report)
+            }
             None => {
                 let stale: BTreeSet<String> =
                     self.leftovers.difference(&now_chains).cloned().collect();
@@ -568,7 +613,7 @@ impl Proxier for IptablesProxier {
                 (rules.render(Some(&changed), &stale), report)
             }
         };
-        if let Err(e) = self.ipt.restore(&text, true) {
+        if let Err(e) = self.ipt.restore(&text, !self.cfg.full_tables) {
             self.failures += 1;
             // Next time write everything again.
             self.last = None;
@@ -674,7 +719,7 @@ mod tests {
 
     #[test]
     fn full_rule_set_matches_golden() {
-        let cfg = IptablesConfig { cluster_cidr: Some("10.244.0.0/16".into()) };
+        let cfg = IptablesConfig { cluster_cidr: Some("10.244.0.0/16".into()), full_tables: false };
         let text = Rules::generate(&sample(), &cfg).render(None, &BTreeSet::new());
         expect_file!["iptables_golden_full.txt"].assert_eq(&text);
     }

@@ -11,6 +11,7 @@ pub mod ebpf;
 pub mod iptables;
 pub mod maglev;
 pub mod source;
+pub mod standalone;
 pub mod tracker;
 
 use std::collections::BTreeMap;
