@@ -483,6 +483,16 @@ fn binding_graceful_deletion_finalizers_and_limits() -> Result<()> {
     k.ok(&["patch", "cm", "held", "--type=merge", "-p", r#"{"metadata":{"finalizers":null}}"#])?;
     ensure!(k.fails(&["get", "cm", "held"])?.contains("NotFound"));
 
+    // A body for another kind is refused.
+    let secret = write(
+        k,
+        "secret.json",
+        r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"wrong"}}"#,
+    )?;
+    let err =
+        k.fails(&["create", "--raw", "/api/v1/namespaces/default/configmaps", "-f", &secret])?;
+    ensure!(err.contains("does not match the expected kind"), "{err}");
+
     // Bodies over 3 MiB are refused with 413.
     let big = k.home().join("big.txt");
     std::fs::write(&big, "x".repeat(4 * 1024 * 1024))?;

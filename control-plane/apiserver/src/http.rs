@@ -634,6 +634,7 @@ impl Server {
                 if res.namespaced && t.namespace.is_none() {
                     return Err(ApiError::not_found_path());
                 }
+                check_type(res, &obj)?;
                 let created = reg.create(res, &ns, obj, &wctx).await?;
                 Ok(formatted(201, &render_object(res, &created, ctx.fmt, &include), ctx.fmt))
             }
@@ -650,6 +651,7 @@ impl Server {
                     let out = reg.update_scale(res, &ns, &name, &wctx, |_| Ok(obj.clone())).await?;
                     return Ok(json_response(200, &out, "application/json"));
                 }
+                check_type(res, &obj)?;
                 let updated = reg
                     .guaranteed_update(
                         res,
@@ -797,6 +799,26 @@ impl Server {
             _ => Err(ApiError::method_not_allowed()),
         }
     }
+}
+
+/// A body's `apiVersion`/`kind` (or a protobuf envelope's), when present, must name the
+/// endpoint's resource: 400 otherwise, as upstream.
+fn check_type(res: &Resource, obj: &Value) -> Result<(), ApiError> {
+    let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    if !api_version.is_empty() && api_version != res.api_version() {
+        return Err(ApiError::bad_request(format!(
+            "the API version in the data ({api_version}) does not match the expected API version ({})",
+            res.api_version()
+        )));
+    }
+    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
+    if !kind.is_empty() && kind != res.kind {
+        return Err(ApiError::bad_request(format!(
+            "the kind in the data ({kind}) does not match the expected kind ({})",
+            res.kind
+        )));
+    }
+    Ok(())
 }
 
 /// A JSON list written straight from the cached objects (no intermediate copy of the items,
