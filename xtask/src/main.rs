@@ -21,7 +21,7 @@ enum Task {
     Images,
     /// Everything CI runs: fmt, build-ebpf, clippy -D warnings, all tests.
     Ci,
-    /// The main job (today: the eBPF and container proofs; see README).
+    /// The main job: a 3-master cluster with a sample app, then eBPF vs iptables (see README).
     Demo,
     /// Benchmarks against their anchors; results in docs/benchmarks/<area>.{md,json}.
     Bench {
