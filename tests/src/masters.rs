@@ -16,7 +16,9 @@ use crate::wait;
 /// if missing).
 pub fn master_binary() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let dir = exe.parent().and_then(Path::parent).context("test binary has no target dir")?;
+    // Tests run from target/<profile>/deps, binaries from target/<profile>.
+    let here = exe.parent().context("binary has no directory")?;
+    let dir = if here.ends_with("deps") { here.parent().context("no target dir")? } else { here };
     let bin = dir.join("skiff-master");
     if !bin.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -168,6 +170,11 @@ impl Masters {
     pub fn restart(&mut self, i: usize) -> Result<()> {
         self.kill9(i);
         self.spawn(i)
+    }
+
+    /// PIDs of the running members.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().flatten().map(Child::id).collect()
     }
 
     pub fn is_running(&self, i: usize) -> bool {

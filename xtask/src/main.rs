@@ -23,6 +23,24 @@ enum Task {
     Ci,
     /// The main job (today: the eBPF and container proofs; see README).
     Demo,
+    /// Benchmarks against their anchors; results in docs/benchmarks/.
+    Bench {
+        #[command(subcommand)]
+        area: BenchArea,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchArea {
+    /// 3-member Skiff store vs 3-member etcd 3.4 with the same client.
+    Store {
+        /// Quick smoke scale (2k writes, 2 s phases) instead of the full run.
+        #[arg(long)]
+        small: bool,
+        /// A note for the report (e.g. that the machine was busy).
+        #[arg(long)]
+        note: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -32,6 +50,9 @@ fn main() -> ExitCode {
         Task::Images => xtask::images::build_images(),
         Task::Ci => xtask::ci::run_ci(),
         Task::Demo => xtask::demo::run_demo(),
+        Task::Bench { area: BenchArea::Store { small, note } } => {
+            xtask::bench::bench_store(small, note.as_deref())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
