@@ -7,3 +7,4 @@
 
 pub mod containerd;
 pub mod kernel;
+pub mod proxy;

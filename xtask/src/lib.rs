@@ -1,7 +1,9 @@
 //! Developer tasks behind `cargo xtask`, as a library so tests can reuse them (the containerd
 //! test builds its images with [`images::build_all`]).
 
-pub mod bench;
+pub mod bench_api;
+pub mod bench_dataplane;
+pub mod bench_store;
 pub mod ci;
 pub mod demo;
 pub mod ebpf;

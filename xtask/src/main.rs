@@ -23,7 +23,7 @@ enum Task {
     Ci,
     /// The main job (today: the eBPF and container proofs; see README).
     Demo,
-    /// Benchmarks against their anchors; results in docs/benchmarks/.
+    /// Benchmarks against their anchors; results in docs/benchmarks/<area>.{md,json}.
     Bench {
         #[command(subcommand)]
         area: BenchArea,
@@ -41,6 +41,17 @@ enum BenchArea {
         #[arg(long)]
         note: Option<String>,
     },
+    /// API server on 3 masters: pod creates at 64 clients, lists of 10k pods, 1000 watchers.
+    Api {
+        /// Quick smoke scale (1k pods, 100 watchers) instead of the full run.
+        #[arg(long)]
+        small: bool,
+        /// A note for the report (e.g. that the machine was busy).
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Service routing: direct vs iptables vs eBPF (root; nginx, wrk, gnuplot).
+    Dataplane(xtask::bench_dataplane::DataplaneArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,7 +62,13 @@ fn main() -> ExitCode {
         Task::Ci => xtask::ci::run_ci(),
         Task::Demo => xtask::demo::run_demo(),
         Task::Bench { area: BenchArea::Store { small, note } } => {
-            xtask::bench::bench_store(small, note.as_deref())
+            xtask::bench_store::bench_store(small, note.as_deref())
+        }
+        Task::Bench { area: BenchArea::Api { small, note } } => {
+            xtask::bench_api::bench_api(small, note.as_deref())
+        }
+        Task::Bench { area: BenchArea::Dataplane(args) } => {
+            xtask::bench_dataplane::run_dataplane(&args)
         }
     };
     match result {

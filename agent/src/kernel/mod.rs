@@ -6,5 +6,7 @@
 //! item, each with a `SAFETY:` comment.
 
 pub mod bpf;
+pub mod bpf_lb;
+pub mod iptables;
 pub mod link;
 pub mod netns;

@@ -1,0 +1,561 @@
+//! The socket load balancer (`ebpf/sock_lb.c`): Rust mirrors of the map structs in
+//! `ebpf/include/skiff/lb.h`, loading the programs with maps pinned under a versioned directory,
+//! attaching them to a cgroup2 directory with pinned links, and typed map access.
+//!
+//! Layout changes bump [`LB_LAYOUT`]: aya reuses a pinned map without checking its key or value
+//! size, so a new layout must live in a new directory (`<pin root>/v<LB_LAYOUT>`).
+
+use std::fs::{self, File};
+use std::io;
+use std::mem::size_of;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use aya::maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+use aya::{Ebpf, EbpfLoader, Pod};
+
+use super::bpf::BpfError;
+
+/// `ebpf/sock_lb.c`: connect4/sendmsg4/recvmsg4/getpeername4.
+pub static SOCK_LB_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock_lb.o"));
+
+/// `SKIFF_LB_LAYOUT` in `lb.h`: the version directory the maps are pinned in.
+pub const LB_LAYOUT: u32 = 1;
+
+const OBJECT: &str = "sock_lb.o";
+/// Programs of `sock_lb.c`, by C function name.
+pub const SOCK_PROGRAMS: [&str; 4] =
+    ["sock4_connect", "sock4_sendmsg", "sock4_recvmsg", "sock4_getpeername"];
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const SVC_FLAG_AFFINITY: u16 = 1;
+pub const BACKEND_ACTIVE: u8 = 0;
+pub const BACKEND_TERMINATING: u8 = 1;
+
+/// Mirror of `struct lb4_svc_key`. Address and port in network byte order.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SvcKey {
+    pub vip: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub scope: u8,
+    pub slot: u16,
+    pub pad: u16,
+}
+const _: () = assert!(size_of::<SvcKey>() == 12, "must match struct lb4_svc_key");
+
+impl SvcKey {
+    pub fn new(vip: Ipv4Addr, port: u16, proto: u8, slot: u16) -> Self {
+        SvcKey { vip: u32::from(vip).to_be(), port: port.to_be(), proto, scope: 0, slot, pad: 0 }
+    }
+    pub fn vip(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from_be(self.vip))
+    }
+    pub fn host_port(&self) -> u16 {
+        u16::from_be(self.port)
+    }
+}
+
+/// Mirror of `struct lb4_svc_val`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SvcVal {
+    /// Slot 0: service id; slot i: backend id.
+    pub id: u32,
+    pub count: u16,
+    pub flags: u16,
+    pub affinity_s: u32,
+}
+const _: () = assert!(size_of::<SvcVal>() == 12, "must match struct lb4_svc_val");
+
+/// Mirror of `struct lb4_backend`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct BackendVal {
+    pub ip: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub state: u8,
+}
+const _: () = assert!(size_of::<BackendVal>() == 8, "must match struct lb4_backend");
+
+impl BackendVal {
+    pub fn new(ip: Ipv4Addr, port: u16, proto: u8, state: u8) -> Self {
+        BackendVal { ip: u32::from(ip).to_be(), port: port.to_be(), proto, state }
+    }
+    pub fn addr(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from_be(self.ip))
+    }
+    pub fn host_port(&self) -> u16 {
+        u16::from_be(self.port)
+    }
+}
+
+/// Mirror of `struct lb4_revnat`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RevNat {
+    pub vip: u32,
+    pub port: u16,
+    pub pad: u16,
+}
+const _: () = assert!(size_of::<RevNat>() == 8, "must match struct lb4_revnat");
+
+/// Mirror of `struct lb4_sk_revkey`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SkRevKey {
+    pub cookie: u64,
+    pub ip: u32,
+    pub port: u16,
+    pub pad: u16,
+}
+const _: () = assert!(size_of::<SkRevKey>() == 16, "must match struct lb4_sk_revkey");
+
+/// Mirror of `struct lb4_sk_revval`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SkRevVal {
+    pub vip: u32,
+    pub port: u16,
+    pub pad: u16,
+    pub svc_id: u32,
+}
+const _: () = assert!(size_of::<SkRevVal>() == 12, "must match struct lb4_sk_revval");
+
+/// Mirror of `struct lb4_aff_key`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AffKey {
+    pub netns_cookie: u64,
+    pub svc_id: u32,
+    pub pad: u32,
+}
+const _: () = assert!(size_of::<AffKey>() == 16, "must match struct lb4_aff_key");
+
+/// Mirror of `struct lb4_aff_val`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AffVal {
+    pub last_ns: u64,
+    pub backend_id: u32,
+    pub slot: u16,
+    pub pad: u16,
+}
+const _: () = assert!(size_of::<AffVal>() == 16, "must match struct lb4_aff_val");
+
+/// Mirror of `struct lb_event`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LbEvent {
+    pub ts_ns: u64,
+    pub kind: u32,
+    pub svc_id: u32,
+    pub vip: u32,
+    pub vport: u16,
+    pub proto: u8,
+    pub pad: u8,
+    pub err: i32,
+    pub pad2: u32,
+}
+const _: () = assert!(size_of::<LbEvent>() == 32, "must match struct lb_event");
+
+impl LbEvent {
+    /// Decodes one ring-buffer record; `None` if it has the wrong size.
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != size_of::<LbEvent>() {
+            return None;
+        }
+        let u32_at =
+            |o: usize| u32::from_ne_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
+        let mut ts = [0u8; 8];
+        ts.copy_from_slice(&bytes[0..8]);
+        Some(LbEvent {
+            ts_ns: u64::from_ne_bytes(ts),
+            kind: u32_at(8),
+            svc_id: u32_at(12),
+            vip: u32_at(16),
+            vport: u16::from_ne_bytes([bytes[20], bytes[21]]),
+            proto: bytes[22],
+            pad: 0,
+            err: i32::from_ne_bytes([bytes[24], bytes[25], bytes[26], bytes[27]]),
+            pad2: 0,
+        })
+    }
+}
+
+// SAFETY (all impls below): each type is `repr(C)`, made only of integers, has no implicit
+// padding (sizes asserted above equal the sum of the fields), and every bit pattern is valid.
+#[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait for map keys/values")]
+unsafe impl Pod for SvcKey {}
+#[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait for map keys/values")]
+unsafe impl Pod for SvcVal {}
+#[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait for map keys/values")]
+unsafe impl Pod for BackendVal {}
+#[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait for map keys/values")]
+unsafe impl Pod for RevNat {}
+#[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait for map keys/values")]
+unsafe impl Pod for SkRevKey {}
+#[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait for map keys/values")]
+unsafe impl Pod for SkRevVal {}
+#[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait for map keys/values")]
+unsafe impl Pod for AffKey {}
+#[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait for map keys/values")]
+unsafe impl Pod for AffVal {}
+
+/// Counters of `enum lb_stat`, in index order.
+pub const LB_STATS: [&str; 7] = [
+    "connect_translated",
+    "sendmsg_translated",
+    "refused_no_endpoints",
+    "reverse_translated",
+    "backend_missing",
+    "affinity_hits",
+    "sock_revnat_update_failed",
+];
+
+/// Map sizes (`max_entries`), from the agent's flags. Pinned maps keep the size they were
+/// created with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LbMapSizes {
+    pub services: u32,
+    pub backends: u32,
+    pub revnat: u32,
+    pub sock_revnat: u32,
+    pub affinity: u32,
+}
+
+impl Default for LbMapSizes {
+    fn default() -> Self {
+        LbMapSizes {
+            services: 65_536,
+            backends: 65_536,
+            revnat: 65_536,
+            sock_revnat: 262_144,
+            affinity: 65_536,
+        }
+    }
+}
+
+/// Why the socket LB could not be set up or updated.
+#[derive(Debug, thiserror::Error)]
+pub enum LbError {
+    #[error(transparent)]
+    Bpf(#[from] BpfError),
+    #[error("{op} {}: {source}", path.display())]
+    Io { op: &'static str, path: PathBuf, source: io::Error },
+    #[error("map {map}: {source}")]
+    Map { map: &'static str, source: MapError },
+    #[error("map {map} is full ({source})")]
+    MapFull { map: &'static str, source: MapError },
+    #[error("not written: {0}")]
+    Dependency(String),
+    #[error("link {}: {message}", path.display())]
+    Link { path: PathBuf, message: String },
+}
+
+fn map_err(map: &'static str) -> impl Fn(MapError) -> LbError {
+    move |source| match &source {
+        MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc_e2big()) => {
+            LbError::MapFull { map, source }
+        }
+        _ => LbError::Map { map, source },
+    }
+}
+
+/// E2BIG: what the kernel answers when a hash map has no room for a new key.
+const fn libc_e2big() -> i32 {
+    7
+}
+
+/// The loaded socket LB: programs, typed maps, and (once attached) its cgroup links.
+pub struct SockLb {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    svc: HashMap<MapData, SvcKey, SvcVal>,
+    backends: HashMap<MapData, u32, BackendVal>,
+    revnat: HashMap<MapData, u32, RevNat>,
+    sock_revnat: HashMap<MapData, SkRevKey, SkRevVal>,
+    affinity: HashMap<MapData, AffKey, AffVal>,
+    stats: PerCpuArray<MapData, u64>,
+    events: Option<RingBuf<MapData>>,
+}
+
+impl std::fmt::Debug for SockLb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SockLb").field("pin_dir", &self.pin_dir).finish_non_exhaustive()
+    }
+}
+
+fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<T, LbError> {
+    let map = ebpf.take_map(name).ok_or(BpfError::Missing { object: OBJECT, what: "map", name })?;
+    T::try_from(map).map_err(|source| LbError::Map { map: name, source })
+}
+
+impl SockLb {
+    /// Loads the programs. Maps are pinned under `<pin_root>/v<LB_LAYOUT>`; maps already pinned
+    /// there (by an earlier agent) are adopted with their contents.
+    pub fn load(pin_root: &Path, sizes: LbMapSizes) -> Result<Self, LbError> {
+        let pin_dir = pin_root.join(format!("v{LB_LAYOUT}"));
+        if let Some(parent) = pin_root.parent().filter(|p| !is_bpffs(pin_root) && !is_bpffs(p)) {
+            // The usual root is /sys/fs/bpf/<...>: mount bpffs there if the host has not.
+            if parent.starts_with("/sys/fs/bpf") {
+                ensure_bpffs(Path::new("/sys/fs/bpf"))?;
+            }
+        }
+        fs::create_dir_all(&pin_dir).map_err(|source| LbError::Io {
+            op: "create pin directory",
+            path: pin_dir.clone(),
+            source,
+        })?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&pin_dir)
+            .map_max_entries("svc4", sizes.services)
+            .map_max_entries("be4", sizes.backends)
+            .map_max_entries("revnat4", sizes.revnat)
+            .map_max_entries("sock_revnat4", sizes.sock_revnat)
+            .map_max_entries("affinity4", sizes.affinity)
+            .load(SOCK_LB_OBJ)
+            .map_err(|source| BpfError::Load { object: OBJECT, source })?;
+        for name in SOCK_PROGRAMS {
+            let program: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or(BpfError::Missing { object: OBJECT, what: "program", name })?
+                .try_into()
+                .map_err(|source| BpfError::Program { program: name, source })?;
+            program.load().map_err(|source| BpfError::Program { program: name, source })?;
+        }
+        let svc = take(&mut ebpf, "svc4")?;
+        let backends = take(&mut ebpf, "be4")?;
+        let revnat = take(&mut ebpf, "revnat4")?;
+        let sock_revnat = take(&mut ebpf, "sock_revnat4")?;
+        let affinity = take(&mut ebpf, "affinity4")?;
+        let stats = take(&mut ebpf, "lb_stats")?;
+        let events = Some(take(&mut ebpf, "lb_events")?);
+        Ok(SockLb { ebpf, pin_dir, svc, backends, revnat, sock_revnat, affinity, stats, events })
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Attaches the four programs to the cgroup2 directory `cgroup` and pins the links under
+    /// `<pin dir>/links/<program>`, so they stay attached when the agent exits. Links pinned by
+    /// an earlier agent are detached only after the new ones are attached (make-before-break;
+    /// while both run, the second sees an already translated backend address and does nothing).
+    pub fn attach(&mut self, cgroup: &Path) -> Result<(), LbError> {
+        let cg = File::open(cgroup).map_err(|source| LbError::Io {
+            op: "open cgroup",
+            path: cgroup.to_owned(),
+            source,
+        })?;
+        let links_dir = self.pin_dir.join("links");
+        fs::create_dir_all(&links_dir).map_err(|source| LbError::Io {
+            op: "create link pin directory",
+            path: links_dir.clone(),
+            source,
+        })?;
+        for name in SOCK_PROGRAMS {
+            let program: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(BpfError::Missing { object: OBJECT, what: "program", name })?
+                .try_into()
+                .map_err(|source| BpfError::Program { program: name, source })?;
+            let id = program
+                .attach(&cg, CgroupAttachMode::Single)
+                .map_err(|source| BpfError::Program { program: name, source })?;
+            let link = program
+                .take_link(id)
+                .map_err(|source| BpfError::Program { program: name, source })?;
+            let fd: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| {
+                LbError::Link { path: links_dir.join(name), message: e.to_string() }
+            })?;
+            let path = links_dir.join(name);
+            // Hold the old link by its fd (attached) while the new one takes over its pin.
+            let old = if path.exists() {
+                let pinned = PinnedLink::from_pin(&path)
+                    .map_err(|e| LbError::Link { path: path.clone(), message: e.to_string() })?;
+                Some(pinned.unpin().map_err(|source| LbError::Io {
+                    op: "unpin old link",
+                    path: path.clone(),
+                    source,
+                })?)
+            } else {
+                None
+            };
+            fd.pin(&path)
+                .map_err(|e| LbError::Link { path: path.clone(), message: e.to_string() })?;
+            // Dropping the last reference to the old link detaches it.
+            drop(old);
+        }
+        Ok(())
+    }
+
+    /// Detaches the programs (removes the link pins). Maps stay pinned.
+    pub fn detach(&mut self) -> Result<(), LbError> {
+        for name in SOCK_PROGRAMS {
+            let path = self.pin_dir.join("links").join(name);
+            if path.exists() {
+                unpin_link(&path)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn svc_insert(&mut self, key: SvcKey, val: SvcVal) -> Result<(), LbError> {
+        self.svc.insert(key, val, 0).map_err(map_err("svc4"))
+    }
+    pub fn svc_remove(&mut self, key: &SvcKey) -> Result<(), LbError> {
+        ignore_missing(self.svc.remove(key)).map_err(map_err("svc4"))
+    }
+    pub fn svc_entries(&self) -> Result<Vec<(SvcKey, SvcVal)>, LbError> {
+        self.svc.iter().collect::<Result<_, _>>().map_err(map_err("svc4"))
+    }
+    pub fn backend_insert(&mut self, id: u32, val: BackendVal) -> Result<(), LbError> {
+        self.backends.insert(id, val, 0).map_err(map_err("be4"))
+    }
+    pub fn backend_remove(&mut self, id: u32) -> Result<(), LbError> {
+        ignore_missing(self.backends.remove(&id)).map_err(map_err("be4"))
+    }
+    pub fn backend_entries(&self) -> Result<Vec<(u32, BackendVal)>, LbError> {
+        self.backends.iter().collect::<Result<_, _>>().map_err(map_err("be4"))
+    }
+    pub fn revnat_insert(&mut self, id: u32, val: RevNat) -> Result<(), LbError> {
+        self.revnat.insert(id, val, 0).map_err(map_err("revnat4"))
+    }
+    pub fn revnat_remove(&mut self, id: u32) -> Result<(), LbError> {
+        ignore_missing(self.revnat.remove(&id)).map_err(map_err("revnat4"))
+    }
+    pub fn revnat_entries(&self) -> Result<Vec<(u32, RevNat)>, LbError> {
+        self.revnat.iter().collect::<Result<_, _>>().map_err(map_err("revnat4"))
+    }
+
+    /// Removes socket reverse-NAT and affinity entries whose service id no longer exists.
+    /// Returns how many entries were removed.
+    pub fn gc(&mut self, live_svc_ids: &std::collections::BTreeSet<u32>) -> Result<usize, LbError> {
+        let stale: Vec<SkRevKey> = self
+            .sock_revnat
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, v)| !live_svc_ids.contains(&v.svc_id))
+            .map(|(k, _)| k)
+            .collect();
+        let stale_aff: Vec<AffKey> = self
+            .affinity
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, _)| !live_svc_ids.contains(&k.svc_id))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &stale {
+            ignore_missing(self.sock_revnat.remove(k)).map_err(map_err("sock_revnat4"))?;
+        }
+        for k in &stale_aff {
+            ignore_missing(self.affinity.remove(k)).map_err(map_err("affinity4"))?;
+        }
+        Ok(stale.len() + stale_aff.len())
+    }
+
+    /// Entries in the socket reverse-NAT map (for fill-level metrics).
+    pub fn sock_revnat_len(&self) -> usize {
+        self.sock_revnat.keys().count()
+    }
+
+    /// Per-CPU counters summed, in [`LB_STATS`] order.
+    pub fn stats(&self) -> Result<[u64; 7], LbError> {
+        let mut out = [0u64; 7];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let index = u32::try_from(i).unwrap_or(u32::MAX);
+            let per_cpu = self.stats.get(&index, 0).map_err(map_err("lb_stats"))?;
+            *slot = per_cpu.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// The ring buffer of program events; taken once by the task that drains it.
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+}
+
+fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+fn unpin_link(path: &Path) -> Result<(), LbError> {
+    let link = PinnedLink::from_pin(path)
+        .map_err(|e| LbError::Link { path: path.to_owned(), message: e.to_string() })?;
+    let fd = link.unpin().map_err(|source| LbError::Io {
+        op: "unpin link",
+        path: path.to_owned(),
+        source,
+    })?;
+    // Dropping the last reference detaches the program.
+    drop(fd);
+    Ok(())
+}
+
+/// Reads one ring-buffer record into an event.
+pub fn next_event(ring: &mut RingBuf<MapData>) -> Option<Option<LbEvent>> {
+    ring.next().map(|item| LbEvent::parse(&item))
+}
+
+/// True when `dir` is on a bpf filesystem (pins are possible there).
+pub fn is_bpffs(dir: &Path) -> bool {
+    nix::sys::statfs::statfs(dir)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
+}
+
+/// Mounts a bpf filesystem at `dir` (created if missing) unless one is there already, as the
+/// agent does for `/sys/fs/bpf` on hosts that do not mount it. Each mount is a new instance, so
+/// a test can pin into a private one.
+pub fn ensure_bpffs(dir: &Path) -> Result<(), LbError> {
+    fs::create_dir_all(dir).map_err(|source| LbError::Io {
+        op: "create",
+        path: dir.to_owned(),
+        source,
+    })?;
+    if is_bpffs(dir) {
+        return Ok(());
+    }
+    nix::mount::mount(Some("bpf"), dir, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+        .map_err(|e| LbError::Io {
+            op: "mount bpffs",
+            path: dir.to_owned(),
+            source: io::Error::from_raw_os_error(e as i32),
+        })
+}
+
+/// Unmounts a bpf filesystem mounted by [`ensure_bpffs`] (its pins go with it).
+pub fn unmount_bpffs(dir: &Path) -> Result<(), LbError> {
+    nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH).map_err(|e| LbError::Io {
+        op: "unmount bpffs",
+        path: dir.to_owned(),
+        source: io::Error::from_raw_os_error(e as i32),
+    })
+}
+
+/// Removes a whole pin root (all layout versions), e.g. when a test or `skiff-agent proxy
+/// cleanup` ends. Links pinned there are detached.
+pub fn remove_pins(pin_root: &Path) -> Result<(), LbError> {
+    if !pin_root.exists() {
+        return Ok(());
+    }
+    fs::remove_dir_all(pin_root).map_err(|source| LbError::Io {
+        op: "remove pin directory",
+        path: pin_root.to_owned(),
+        source,
+    })
+}

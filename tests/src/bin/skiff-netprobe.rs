@@ -1,0 +1,223 @@
+//! Test helper process for the data-plane tests: `serve` runs TCP and UDP servers that answer
+//! with their own id; `client` joins a cgroup and a network namespace and runs probe commands read
+//! from stdin, one line of result per command.
+//!
+//! Client commands (results start with `ok` or `err <kind>`):
+//! - `tcp IP PORT N`: N sequential connections; `ok ID,ID,... peer=IP:PORT` (last peer address)
+//! - `udp IP PORT N`: N new unconnected sockets, one datagram each; `ok ID,... from=ADDR,...`
+//! - `udpconn IP PORT N`: one connected socket, N datagrams; `ok ID,... peer=ADDR`
+//! - `hold IP PORT`: opens a connection and keeps it; `ok INDEX ID`
+//! - `ping INDEX`: a round trip on a held connection; `ok ECHO`
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use nix::sched::{CloneFlags, setns};
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("serve") => serve(&args[1..]),
+        Some("client") => client(&args[1..]),
+        _ => Err("usage: skiff-netprobe serve|client ...".to_owned()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("skiff-netprobe: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn join_netns(path: &str) -> Result<(), String> {
+    let f = fs::File::open(path).map_err(|e| format!("open {path}: {e}"))?;
+    setns(&f, CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns {path}: {e}"))
+}
+
+/// `serve --netns PATH (--tcp|--udp) IP:PORT=ID ...`
+fn serve(args: &[String]) -> Result<(), String> {
+    let mut it = args.iter();
+    let mut handles = Vec::new();
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or(format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--netns" => join_netns(value)?,
+            "--tcp" | "--udp" => {
+                let (addr, id) = value.split_once('=').ok_or(format!("bad server spec {value}"))?;
+                let addr: SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+                let id = id.to_owned();
+                if flag == "--tcp" {
+                    let l = TcpListener::bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;
+                    handles.push(std::thread::spawn(move || tcp_server(&l, &id)));
+                } else {
+                    let s = UdpSocket::bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;
+                    handles.push(std::thread::spawn(move || udp_server(&s, &id)));
+                }
+            }
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    for h in handles {
+        let _ = h.join();
+    }
+    Ok(())
+}
+
+fn tcp_server(l: &TcpListener, id: &str) {
+    for conn in l.incoming().flatten() {
+        let id = id.to_owned();
+        std::thread::spawn(move || {
+            let mut w = conn;
+            if writeln!(w, "{id}").is_err() {
+                return;
+            }
+            let Ok(r) = w.try_clone() else { return };
+            for line in BufReader::new(r).lines() {
+                let Ok(line) = line else { return };
+                if writeln!(w, "{id} {line}").is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+fn udp_server(s: &UdpSocket, id: &str) {
+    let mut buf = [0u8; 1500];
+    while let Ok((_, from)) = s.recv_from(&mut buf) {
+        let _ = s.send_to(id.as_bytes(), from);
+    }
+}
+
+/// `client --cgroup DIR --netns PATH`, commands on stdin.
+fn client(args: &[String]) -> Result<(), String> {
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or(format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            // Before any socket exists: the cgroup of a socket is fixed when it is created.
+            "--cgroup" => {
+                fs::write(format!("{value}/cgroup.procs"), std::process::id().to_string())
+                    .map_err(|e| format!("join cgroup {value}: {e}"))?;
+            }
+            "--netns" => join_netns(value)?,
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    let mut held: Vec<(BufReader<TcpStream>, TcpStream)> = Vec::new();
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout();
+    for line in stdin.lock().lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let answer = run(&words, &mut held).unwrap_or_else(|e| format!("err {e}"));
+        writeln!(out, "{answer}").map_err(|e| e.to_string())?;
+        out.flush().map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+fn kind(e: &std::io::Error) -> String {
+    format!("{:?}", e.kind())
+}
+
+fn target(words: &[&str]) -> Result<(SocketAddr, usize), String> {
+    let ip = words.get(1).ok_or("missing ip")?;
+    let port = words.get(2).ok_or("missing port")?;
+    let addr: SocketAddr =
+        format!("{ip}:{port}").parse().map_err(|e| format!("bad address: {e}"))?;
+    let n = words.get(3).map_or(Ok(1), |n| n.parse::<usize>()).map_err(|e| e.to_string())?;
+    Ok((addr, n))
+}
+
+fn read_line(r: &mut BufReader<TcpStream>) -> Result<String, String> {
+    let mut s = String::new();
+    r.read_line(&mut s).map_err(|e| kind(&e))?;
+    if s.is_empty() {
+        return Err("Eof".into());
+    }
+    Ok(s.trim().to_owned())
+}
+
+fn connect(addr: SocketAddr) -> Result<(BufReader<TcpStream>, TcpStream), String> {
+    let s = TcpStream::connect_timeout(&addr, TIMEOUT).map_err(|e| kind(&e))?;
+    s.set_read_timeout(Some(TIMEOUT)).map_err(|e| kind(&e))?;
+    let r = s.try_clone().map_err(|e| kind(&e))?;
+    Ok((BufReader::new(r), s))
+}
+
+fn run(
+    words: &[&str],
+    held: &mut Vec<(BufReader<TcpStream>, TcpStream)>,
+) -> Result<String, String> {
+    match words.first().copied() {
+        Some("tcp") => {
+            let (addr, n) = target(words)?;
+            let mut ids = Vec::new();
+            let mut peer = String::new();
+            for _ in 0..n {
+                let (mut r, s) = connect(addr)?;
+                peer = s.peer_addr().map_err(|e| kind(&e))?.to_string();
+                ids.push(read_line(&mut r)?);
+            }
+            Ok(format!("ok {} peer={peer}", ids.join(",")))
+        }
+        Some("udp") => {
+            let (addr, n) = target(words)?;
+            let mut ids = Vec::new();
+            let mut froms = BTreeSet::new();
+            let mut buf = [0u8; 1500];
+            for _ in 0..n {
+                let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| kind(&e))?;
+                s.set_read_timeout(Some(TIMEOUT)).map_err(|e| kind(&e))?;
+                s.send_to(b"x", addr).map_err(|e| kind(&e))?;
+                let (len, from) = s.recv_from(&mut buf).map_err(|e| kind(&e))?;
+                ids.push(String::from_utf8_lossy(&buf[..len]).into_owned());
+                froms.insert(from.to_string());
+            }
+            Ok(format!(
+                "ok {} from={}",
+                ids.join(","),
+                froms.into_iter().collect::<Vec<_>>().join(",")
+            ))
+        }
+        Some("udpconn") => {
+            let (addr, n) = target(words)?;
+            let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| kind(&e))?;
+            s.set_read_timeout(Some(TIMEOUT)).map_err(|e| kind(&e))?;
+            s.connect(addr).map_err(|e| kind(&e))?;
+            let mut ids = Vec::new();
+            let mut buf = [0u8; 1500];
+            for _ in 0..n {
+                s.send(b"x").map_err(|e| kind(&e))?;
+                let len = s.recv(&mut buf).map_err(|e| kind(&e))?;
+                ids.push(String::from_utf8_lossy(&buf[..len]).into_owned());
+            }
+            let peer = s.peer_addr().map_err(|e| kind(&e))?;
+            Ok(format!("ok {} peer={peer}", ids.join(",")))
+        }
+        Some("hold") => {
+            let (addr, _) = target(words)?;
+            let (mut r, s) = connect(addr)?;
+            let id = read_line(&mut r)?;
+            held.push((r, s));
+            Ok(format!("ok {} {id}", held.len() - 1))
+        }
+        Some("ping") => {
+            let i: usize = words.get(1).ok_or("missing index")?.parse().map_err(|_| "bad index")?;
+            let (r, s) = held.get_mut(i).ok_or("no such connection")?;
+            writeln!(s, "ping").map_err(|e| kind(&e))?;
+            Ok(format!("ok {}", read_line(r)?))
+        }
+        _ => Err("unknown command".into()),
+    }
+}

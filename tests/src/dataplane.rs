@@ -1,0 +1,222 @@
+//! The data-plane test topology: a client, a node and a backend network namespace joined by
+//! veths and routes, real TCP/UDP servers in the backend namespace, a test-owned cgroup2
+//! directory for the client process, and guards that remove all of it (also on panic).
+//!
+//! ```text
+//! client netns  10.200.1.2 ──veth── 10.200.1.1  node netns  10.200.2.1 ──veth── backend netns
+//!   (probe process, in the test cgroup)       (iptables rules)          10.200.2.11..  (servers)
+//! ```
+//! The client's default route goes through the node, so a Service address that no one owns is
+//! routed to the node, where iptables mode rewrites it; in eBPF mode the client's own
+//! `connect()` is rewritten by the programs attached to the test cgroup.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use skiff_agent::kernel::link::{Ip, Ipv4Net};
+use skiff_agent::kernel::netns::NetNs;
+
+use crate::wait;
+
+/// The cgroup2 mount on our hybrid hosts (`/sys/fs/cgroup` on pure v2 hosts).
+pub fn cgroup2_root() -> PathBuf {
+    let hybrid = Path::new("/sys/fs/cgroup/unified");
+    if hybrid.join("cgroup.procs").exists() {
+        hybrid.to_owned()
+    } else {
+        PathBuf::from("/sys/fs/cgroup")
+    }
+}
+
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 1, 2);
+pub const NODE_CLIENT_SIDE: Ipv4Addr = Ipv4Addr::new(10, 200, 1, 1);
+pub const NODE_BACKEND_SIDE: Ipv4Addr = Ipv4Addr::new(10, 200, 2, 1);
+/// Backend `i` (0-based) listens on 10.200.2.(11 + i).
+pub fn backend_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 200, 2, 11 + u8::try_from(i).unwrap_or(0))
+}
+/// TCP and UDP port of every backend server.
+pub const BACKEND_PORT: u16 = 8080;
+
+/// A test cgroup2 directory; removed on drop (after its processes are gone).
+#[derive(Debug)]
+pub struct TestCgroup {
+    pub path: PathBuf,
+}
+
+impl TestCgroup {
+    pub fn create(tag: &str) -> Result<Self> {
+        let path = cgroup2_root().join(format!("skiff-test-{tag}"));
+        fs::create_dir(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
+        Ok(TestCgroup { path })
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // The probe was killed first; rmdir fails while a process is still inside, so retry.
+        let _ = wait::until("cgroup to empty", Duration::from_secs(5), || {
+            Ok(fs::remove_dir(&self.path).is_ok())
+        });
+    }
+}
+
+/// A process started by a test, killed by PID on drop.
+#[derive(Debug)]
+pub struct Proc {
+    child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `skiff-netprobe client` process in the test cgroup and the client namespace.
+#[derive(Debug)]
+pub struct Probe {
+    proc: Proc,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Probe {
+    /// Sends one command and returns the answer line (`ok ...` or `err ...`).
+    pub fn cmd(&mut self, command: &str) -> Result<String> {
+        writeln!(self.stdin, "{command}")?;
+        self.stdin.flush()?;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        if line.is_empty() {
+            let status = self.proc.child.try_wait()?;
+            bail!("probe exited ({status:?}) on {command:?}");
+        }
+        Ok(line.trim().to_owned())
+    }
+
+    /// Runs a command that must succeed; returns the words after `ok`.
+    pub fn ok(&mut self, command: &str) -> Result<Vec<String>> {
+        let answer = self.cmd(command)?;
+        match answer.strip_prefix("ok ") {
+            Some(rest) => Ok(rest.split_whitespace().map(str::to_owned).collect()),
+            None => bail!("{command:?} failed: {answer}"),
+        }
+    }
+}
+
+/// The three namespaces, the servers, the cgroup and the probe.
+#[derive(Debug)]
+pub struct Topology {
+    pub tag: String,
+    // Drop order = field order: processes first, then the cgroup, then the namespaces.
+    probe: Option<Probe>,
+    _servers: Proc,
+    pub cgroup: TestCgroup,
+    pub client: NetNs,
+    pub node: NetNs,
+    pub backend: NetNs,
+    pub backends: usize,
+    probe_bin: PathBuf,
+}
+
+impl Topology {
+    /// Builds the namespaces, starts `backends` TCP+UDP servers (ids `b0`, `b1`, ...) and the
+    /// probe; `probe_bin` is `env!("CARGO_BIN_EXE_skiff-netprobe")` of the calling test.
+    pub fn build(tag: &str, backends: usize, probe_bin: &Path) -> Result<Self> {
+        let client = NetNs::create(&format!("skt-{tag}-client"))?;
+        let node = NetNs::create(&format!("skt-{tag}-node"))?;
+        let backend = NetNs::create(&format!("skt-{tag}-backend"))?;
+        let (c0, n0, n1, b0) = (
+            format!("skt{tag}c"),
+            format!("skt{tag}n"),
+            format!("skt{tag}m"),
+            format!("skt{tag}b"),
+        );
+        Ip::netns(&client).add_veth(&c0, &n0, Some(&node))?;
+        Ip::netns(&node).add_veth(&n1, &b0, Some(&backend))?;
+        for ns in [&client, &node, &backend] {
+            Ip::netns(ns).set_up("lo")?;
+            Ip::netns(ns).set_sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+        }
+        let ip = Ip::netns(&client);
+        ip.add_address(&c0, Ipv4Net::new(CLIENT_IP, 24))?;
+        ip.set_up(&c0)?;
+        ip.add_route(None, Some(NODE_CLIENT_SIDE), None)?;
+        let ip = Ip::netns(&node);
+        ip.add_address(&n0, Ipv4Net::new(NODE_CLIENT_SIDE, 24))?;
+        ip.add_address(&n1, Ipv4Net::new(NODE_BACKEND_SIDE, 24))?;
+        ip.set_up(&n0)?;
+        ip.set_up(&n1)?;
+        ip.set_sysctl("net.ipv4.ip_forward", "1")?;
+        // A node has a route for Service addresses (usually its default route), so a packet to
+        // a VIP without endpoints reaches the filter table's REJECT rather than "no route".
+        ip.add_route(Some(Ipv4Net::new(Ipv4Addr::new(10, 96, 0, 0), 12)), None, Some(&n1))?;
+        let ip = Ip::netns(&backend);
+        for i in 0..backends {
+            ip.add_address(&b0, Ipv4Net::new(backend_ip(i), 24))?;
+        }
+        ip.set_up(&b0)?;
+        ip.add_route(None, Some(NODE_BACKEND_SIDE), None)?;
+
+        let mut cmd = Command::new(probe_bin);
+        cmd.arg("serve").arg("--netns").arg(backend.path());
+        for i in 0..backends {
+            let spec = format!("{}:{BACKEND_PORT}=b{i}", backend_ip(i));
+            cmd.arg("--tcp").arg(&spec).arg("--udp").arg(&spec);
+        }
+        let mut child =
+            cmd.stdin(Stdio::null()).stdout(Stdio::piped()).spawn().context("starting servers")?;
+        let mut ready = String::new();
+        if let Some(out) = child.stdout.take() {
+            BufReader::new(out).read_line(&mut ready)?;
+        }
+        let servers = Proc { child };
+        if ready.trim() != "ready" {
+            bail!("servers did not start");
+        }
+        let cgroup = TestCgroup::create(tag)?;
+        let mut me = Topology {
+            tag: tag.to_owned(),
+            probe: None,
+            _servers: servers,
+            cgroup,
+            client,
+            node,
+            backend,
+            backends,
+            probe_bin: probe_bin.to_owned(),
+        };
+        me.restart_probe()?;
+        Ok(me)
+    }
+
+    /// (Re)starts the probe process (a fresh client, same cgroup and namespace).
+    pub fn restart_probe(&mut self) -> Result<()> {
+        self.probe = None;
+        let mut child = Command::new(&self.probe_bin)
+            .arg("client")
+            .arg("--cgroup")
+            .arg(&self.cgroup.path)
+            .arg("--netns")
+            .arg(self.client.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting probe")?;
+        let stdin = child.stdin.take().context("probe stdin")?;
+        let stdout = BufReader::new(child.stdout.take().context("probe stdout")?);
+        self.probe = Some(Probe { proc: Proc { child }, stdin, stdout });
+        Ok(())
+    }
+
+    pub fn probe(&mut self) -> &mut Probe {
+        self.probe.as_mut().expect("probe started in build")
+    }
+}

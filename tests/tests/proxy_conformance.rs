@@ -1,0 +1,398 @@
+//! The proxy conformance suite: every behaviour test runs against both proxiers (eBPF socket LB
+//! and kube-proxy-style iptables) on the same topology of real namespaces, real servers and a
+//! real client process (see `skiff_e2e::dataplane`). Desired state goes in as Kubernetes
+//! Services and EndpointSlices, through the same tracker the agent uses.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use serde_json::{Value, json};
+use skiff_agent::kernel::bpf_lb::LbMapSizes;
+use skiff_agent::kernel::iptables::{Iptables, IptablesBackend};
+use skiff_agent::proxy::ebpf::{EbpfConfig, EbpfProxier};
+use skiff_agent::proxy::iptables::{IptablesConfig, IptablesProxier};
+use skiff_agent::proxy::source::{Object, parse_objects};
+use skiff_agent::proxy::tracker::ServiceTracker;
+use skiff_agent::proxy::{DesiredState, Proxier, SyncReport};
+use skiff_e2e::dataplane::{BACKEND_PORT, Topology, backend_ip};
+use skiff_e2e::{privileged, unique_tag, wait};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Ebpf,
+    /// The backend `iptables --version` reports (nft on our machines).
+    Iptables,
+    /// `iptables-legacy`, explicitly.
+    IptablesLegacy,
+}
+
+enum Backend {
+    Ebpf(Box<EbpfProxier>),
+    Iptables(IptablesProxier),
+}
+
+impl Backend {
+    fn proxier(&mut self) -> &mut dyn Proxier {
+        match self {
+            Backend::Ebpf(p) => p.as_mut(),
+            Backend::Iptables(p) => p,
+        }
+    }
+}
+
+/// Endpoint condition in a test Service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cond {
+    Ready,
+    Terminating,
+}
+
+/// A Service with one TCP port (`tcp`, 80) and one UDP port (`udp`, 80) on `vip`, backed by the
+/// given backends (by index) on port 8080.
+#[derive(Debug, Clone)]
+struct Svc {
+    name: String,
+    vip: Ipv4Addr,
+    endpoints: Vec<(usize, Cond)>,
+    affinity: bool,
+}
+
+fn svc(name: &str, vip: [u8; 4], endpoints: &[usize]) -> Svc {
+    Svc {
+        name: name.to_owned(),
+        vip: Ipv4Addr::from(vip),
+        endpoints: endpoints.iter().map(|i| (*i, Cond::Ready)).collect(),
+        affinity: false,
+    }
+}
+
+fn objects(services: &[Svc]) -> Vec<Value> {
+    let mut out = Vec::new();
+    for s in services {
+        let mut spec = json!({
+            "clusterIP": s.vip.to_string(),
+            "ports": [{"name": "tcp", "port": 80, "protocol": "TCP"}, {"name": "udp", "port": 80, "protocol": "UDP"}],
+        });
+        if s.affinity {
+            spec["sessionAffinity"] = json!("ClientIP");
+        }
+        out.push(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": s.name, "namespace": "conf"}, "spec": spec}));
+        let endpoints: Vec<Value> = s
+            .endpoints
+            .iter()
+            .map(|(i, c)| {
+                let conditions = match c {
+                    Cond::Ready => json!({"ready": true, "serving": true, "terminating": false}),
+                    Cond::Terminating => {
+                        json!({"ready": false, "serving": true, "terminating": true})
+                    }
+                };
+                json!({"addresses": [backend_ip(*i).to_string()], "conditions": conditions})
+            })
+            .collect();
+        out.push(json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("{}-1", s.name), "namespace": "conf", "labels": {"kubernetes.io/service-name": s.name}},
+            "addressType": "IPv4",
+            "ports": [{"name": "tcp", "port": BACKEND_PORT, "protocol": "TCP"}, {"name": "udp", "port": BACKEND_PORT, "protocol": "UDP"}],
+            "endpoints": endpoints,
+        }));
+    }
+    out
+}
+
+fn desired(services: &[Svc]) -> Result<DesiredState> {
+    let text = serde_json::to_string(
+        &json!({"apiVersion": "v1", "kind": "List", "items": objects(services)}),
+    )?;
+    let mut tracker = ServiceTracker::new("node");
+    for obj in parse_objects(&text)? {
+        match obj {
+            Object::Service(s) => tracker.upsert_service(*s),
+            Object::EndpointSlice(s) => tracker.upsert_slice(*s),
+        }
+    }
+    Ok(tracker.desired())
+}
+
+struct Harness {
+    mode: Mode,
+    // Drop order: the proxier (its Drop below cleans up), then the topology.
+    backend: Option<Backend>,
+    topo: Topology,
+    pin_root: PathBuf,
+    sizes: LbMapSizes,
+}
+
+impl Harness {
+    fn new(mode: Mode, backends: usize, sizes: LbMapSizes) -> Result<Self> {
+        let tag = unique_tag();
+        let topo = Topology::build(
+            &tag,
+            backends,
+            std::path::Path::new(env!("CARGO_BIN_EXE_skiff-netprobe")),
+        )?;
+        // A private bpffs instance: pins never touch the host's /sys/fs/bpf.
+        let bpffs = std::env::temp_dir().join(format!("skiff-test-{tag}-bpf"));
+        skiff_agent::kernel::bpf_lb::ensure_bpffs(&bpffs)?;
+        let pin_root = bpffs.join("skiff");
+        let mut h = Harness { mode, backend: None, topo, pin_root, sizes };
+        h.start()?;
+        Ok(h)
+    }
+
+    fn start(&mut self) -> Result<()> {
+        self.backend = Some(match self.mode {
+            Mode::Ebpf => Backend::Ebpf(Box::new(EbpfProxier::start(&EbpfConfig {
+                pin_root: self.pin_root.clone(),
+                cgroup: self.topo.cgroup.path.clone(),
+                map_sizes: self.sizes,
+            })?)),
+            Mode::Iptables => {
+                let ipt = Iptables::detect(Some(self.topo.node.name()))?;
+                Backend::Iptables(IptablesProxier::start(ipt, IptablesConfig::default())?)
+            }
+            Mode::IptablesLegacy => {
+                let ipt = Iptables::new(IptablesBackend::Legacy, Some(self.topo.node.name()));
+                Backend::Iptables(IptablesProxier::start(ipt, IptablesConfig::default())?)
+            }
+        });
+        Ok(())
+    }
+
+    /// Drops the proxier without cleaning up, as an agent that exits, and starts a new one.
+    fn restart(&mut self) -> Result<()> {
+        self.backend = None;
+        self.start()
+    }
+
+    fn sync(&mut self, services: &[Svc]) -> Result<SyncReport> {
+        let d = desired(services)?;
+        Ok(self.backend.as_mut().context("started")?.proxier().sync(&d)?)
+    }
+
+    fn metrics(&mut self) -> String {
+        self.backend.as_mut().map(|b| b.proxier().metrics()).unwrap_or_default()
+    }
+
+    /// Backend ids of `n` new TCP connections to `vip:80`.
+    fn tcp(&mut self, vip: Ipv4Addr, n: usize) -> Result<Vec<String>> {
+        let words = self.topo.probe().ok(&format!("tcp {vip} 80 {n}"))?;
+        Ok(words[0].split(',').map(str::to_owned).collect())
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        match self.backend.take() {
+            Some(Backend::Ebpf(p)) => {
+                let _ = p.cleanup(&self.pin_root);
+            }
+            Some(Backend::Iptables(p)) => {
+                let _ = p.cleanup();
+            }
+            None => {}
+        }
+        // Pins left by a proxier that failed half-way go with the private bpffs.
+        let _ = skiff_agent::kernel::bpf_lb::remove_pins(&self.pin_root);
+        if let Some(bpffs) = self.pin_root.parent() {
+            let _ = skiff_agent::kernel::bpf_lb::unmount_bpffs(bpffs);
+            let _ = std::fs::remove_dir(bpffs);
+        }
+    }
+}
+
+fn counts(ids: &[String]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for id in ids {
+        *m.entry(id.clone()).or_insert(0) += 1;
+    }
+    m
+}
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+
+fn run(mode: Mode, name: &str, test: fn(&mut Harness) -> Result<()>) {
+    let full = format!("{mode:?}::{name}");
+    if !privileged::privileged(&full)
+        || !privileged::tools(
+            &full,
+            &["ip", "iptables", "iptables-nft-restore", "iptables-legacy-restore"],
+        )
+    {
+        return;
+    }
+    let backends = 4;
+    let sizes = if name == "map_full_is_an_error_and_a_metric" {
+        LbMapSizes { services: 8, ..LbMapSizes::default() }
+    } else {
+        LbMapSizes::default()
+    };
+    let mut h = Harness::new(mode, backends, sizes).expect("build the test topology");
+    test(&mut h).unwrap_or_else(|e| panic!("{full}: {e:#}"));
+}
+
+// ---- behaviour tests (each runs in both modes) ----
+
+/// Random selection: 400 connections over 4 backends pass a chi-square test (df 3, p = 0.001).
+fn random_distribution_is_even(h: &mut Harness) -> Result<()> {
+    h.sync(&[svc("web", [10, 96, 0, 10], &[0, 1, 2, 3])])?;
+    let ids = h.tcp(VIP, 400)?;
+    let c = counts(&ids);
+    ensure!(c.len() == 4, "every backend is used: {c:?}");
+    #[expect(clippy::cast_precision_loss, reason = "small counts")]
+    let chi2: f64 = c.values().map(|n| (*n as f64 - 100.0).powi(2) / 100.0).sum();
+    ensure!(chi2 < 16.27, "chi-square {chi2:.2} over the 0.001 bound for {c:?}");
+    Ok(())
+}
+
+/// `ClientIP` affinity: one client always reaches the same backend.
+fn client_ip_affinity_is_stable(h: &mut Harness) -> Result<()> {
+    let mut s = svc("sticky", [10, 96, 0, 10], &[0, 1, 2, 3]);
+    s.affinity = true;
+    h.sync(&[s])?;
+    let ids = h.tcp(VIP, 40)?;
+    ensure!(counts(&ids).len() == 1, "one backend for one client: {:?}", counts(&ids));
+    Ok(())
+}
+
+/// The application sees the Service address as its peer, not the backend's.
+fn getpeername_shows_the_service_address(h: &mut Harness) -> Result<()> {
+    h.sync(&[svc("web", [10, 96, 0, 10], &[0, 1])])?;
+    let words = h.topo.probe().ok(&format!("tcp {VIP} 80 1"))?;
+    ensure!(words[1] == format!("peer={VIP}:80"), "{words:?}");
+    Ok(())
+}
+
+/// UDP both ways: unconnected datagrams are answered from the VIP; a connected UDP socket stays
+/// on one backend.
+fn udp_works_both_ways(h: &mut Harness) -> Result<()> {
+    h.sync(&[svc("dns", [10, 96, 0, 10], &[0, 1, 2, 3])])?;
+    let words = h.topo.probe().ok(&format!("udp {VIP} 80 40"))?;
+    ensure!(words[1] == format!("from={VIP}:80"), "replies come from the VIP: {words:?}");
+    let spread = counts(&words[0].split(',').map(str::to_owned).collect::<Vec<_>>());
+    ensure!(spread.len() > 1, "new sockets are balanced: {spread:?}");
+    let words = h.topo.probe().ok(&format!("udpconn {VIP} 80 20"))?;
+    let ids: Vec<String> = words[0].split(',').map(str::to_owned).collect();
+    ensure!(counts(&ids).len() == 1, "connected socket sticks to one backend: {ids:?}");
+    ensure!(words[1] == format!("peer={VIP}:80"), "{words:?}");
+    Ok(())
+}
+
+/// A removed endpoint gets no new connections (within 1 s of the sync).
+fn removed_endpoint_gets_no_new_connections(h: &mut Harness) -> Result<()> {
+    h.sync(&[svc("web", [10, 96, 0, 10], &[0, 1, 2, 3])])?;
+    ensure!(h.tcp(VIP, 60)?.contains(&"b3".to_owned()), "b3 serves before removal");
+    h.sync(&[svc("web", [10, 96, 0, 10], &[0, 1, 2])])?;
+    wait::until("no new connections to the removed endpoint", Duration::from_secs(1), || {
+        Ok(!h.tcp(VIP, 60)?.contains(&"b3".to_owned()))
+    })?;
+    ensure!(!h.tcp(VIP, 100)?.contains(&"b3".to_owned()), "b3 stays out");
+    Ok(())
+}
+
+/// A Service without endpoints refuses connections (ECONNREFUSED), as kube-proxy's REJECT.
+fn service_without_endpoints_refuses(h: &mut Harness) -> Result<()> {
+    h.sync(&[svc("empty", [10, 96, 0, 10], &[])])?;
+    let answer = h.topo.probe().cmd(&format!("tcp {VIP} 80 1"))?;
+    ensure!(answer == "err ConnectionRefused", "{answer}");
+    if h.mode == Mode::Ebpf {
+        // The program counted the refusal and sent an event; a sync drains events into tracing.
+        h.sync(&[svc("empty", [10, 96, 0, 10], &[])])?;
+        let m = h.metrics();
+        ensure!(m.contains("skiff_lb_program_total{counter=\"refused_no_endpoints\"} 1"), "{m}");
+        ensure!(m.contains("skiff_proxy_program_events_total 1"), "{m}");
+    }
+    Ok(())
+}
+
+/// A terminating endpoint gets no new connections but its open connections keep working.
+fn terminating_endpoint_keeps_existing_connections(h: &mut Harness) -> Result<()> {
+    h.sync(&[svc("web", [10, 96, 0, 10], &[0, 1])])?;
+    let mut held = None;
+    for _ in 0..64 {
+        let words = h.topo.probe().ok(&format!("hold {VIP} 80"))?;
+        if words[1] == "b0" {
+            held = Some(words[0].clone());
+            break;
+        }
+    }
+    let held = held.context("a connection to b0")?;
+    let mut s = svc("web", [10, 96, 0, 10], &[1]);
+    s.endpoints.push((0, Cond::Terminating));
+    h.sync(&[s])?;
+    let ids = h.tcp(VIP, 60)?;
+    ensure!(
+        !ids.contains(&"b0".to_owned()),
+        "terminating b0 got a new connection: {:?}",
+        counts(&ids)
+    );
+    let echo = h.topo.probe().ok(&format!("ping {held}"))?;
+    ensure!(echo == ["b0", "ping"], "{echo:?}");
+    Ok(())
+}
+
+/// An agent restart keeps an established TCP stream, and the data plane keeps working.
+fn restart_keeps_established_connections(h: &mut Harness) -> Result<()> {
+    let services = [svc("web", [10, 96, 0, 10], &[0, 1, 2, 3])];
+    h.sync(&services)?;
+    let words = h.topo.probe().ok(&format!("hold {VIP} 80"))?;
+    let (index, id) = (words[0].clone(), words[1].clone());
+    h.restart()?;
+    let echo = h.topo.probe().ok(&format!("ping {index}"))?;
+    ensure!(echo == [id.as_str(), "ping"], "{echo:?}");
+    let report = h.sync(&services)?;
+    if h.mode == Mode::Ebpf {
+        ensure!(report.changed == 0, "adopted maps already match: {report:?}");
+    }
+    ensure!(h.tcp(VIP, 10)?.len() == 10);
+    let echo = h.topo.probe().ok(&format!("ping {index}"))?;
+    ensure!(echo == [id.as_str(), "ping"], "{echo:?}");
+    Ok(())
+}
+
+/// A full map fails the Services that do not fit, with an error and a metric; the rest work.
+/// (Only the eBPF mode has fixed-size maps; in iptables mode all Services fit.)
+fn map_full_is_an_error_and_a_metric(h: &mut Harness) -> Result<()> {
+    let services: Vec<Svc> = (0..6u8)
+        .map(|i| svc(&format!("s{i}"), [10, 96, 1, i + 1], &[usize::from(i % 4)]))
+        .collect();
+    let report = h.sync(&services)?;
+    if h.mode == Mode::Ebpf {
+        ensure!(!report.failed.is_empty(), "8 entries cannot hold 12 frontends: {report:?}");
+        let m = h.metrics();
+        ensure!(!m.contains("skiff_proxy_map_full_total 0"), "{m}");
+    }
+    let first = services[0].vip;
+    ensure!(h.tcp(first, 3)? == ["b0", "b0", "b0"], "a Service that fit works");
+    Ok(())
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod ebpf {
+            $( #[test] fn $name() { super::run(super::Mode::Ebpf, stringify!($name), super::$name); } )*
+        }
+        mod iptables {
+            $( #[test] fn $name() { super::run(super::Mode::Iptables, stringify!($name), super::$name); } )*
+        }
+        mod iptables_legacy {
+            $( #[test] fn $name() { super::run(super::Mode::IptablesLegacy, stringify!($name), super::$name); } )*
+        }
+    };
+}
+
+conformance!(
+    random_distribution_is_even,
+    client_ip_affinity_is_stable,
+    getpeername_shows_the_service_address,
+    udp_works_both_ways,
+    removed_endpoint_gets_no_new_connections,
+    service_without_endpoints_refuses,
+    terminating_endpoint_keeps_existing_connections,
+    restart_keeps_established_connections,
+    map_full_is_an_error_and_a_metric,
+);
