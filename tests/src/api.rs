@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use skiff_apiserver::{Config, Running, http::Limits, pki};
@@ -263,6 +263,25 @@ pub fn https_ready(port: u16) -> bool {
         .is_ok_and(|o| o.stdout == b"200")
 }
 
+/// Brings the `skiff-master` binary next to the test binaries up to date (`cargo test` builds
+/// only the test's own dependencies, so a binary left from an earlier build could be stale).
+fn build_master() -> Result<()> {
+    if std::env::var_os("SKIFF_MASTER_BIN").is_some() {
+        return Ok(());
+    }
+    let exe = std::env::current_exe()?;
+    let release = exe.ancestors().any(|p| p.file_name().is_some_and(|n| n == "release"));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet", "-p", "skiff-master", "--bin", "skiff-master"]);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().context("building skiff-master")?;
+    ensure!(status.success(), "building skiff-master failed");
+    Ok(())
+}
+
 /// What serves the API in a suite: three `skiff-master` processes (store replica + API server
 /// each), or, with `SKIFF_API_BACKEND=etcd`, etcd 3.4 plus an in-process API server (for
 /// debugging the API server alone).
@@ -283,6 +302,7 @@ impl Cluster {
             )?;
             return Ok(Self::Etcd { api: Box::new(api), etcd });
         }
+        build_master()?;
         Ok(Self::Masters(crate::masters::Masters::start_with_api(tag, 3, watch_history)?))
     }
 

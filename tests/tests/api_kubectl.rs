@@ -118,6 +118,22 @@ fn discovery_version_and_tables() -> Result<()> {
     );
     let nodes = k.run(&["get", "nodes"])?;
     ensure!(nodes.status.success(), "{nodes:?}");
+    // Health, readiness and metrics.
+    ensure!(k.ok(&["get", "--raw", "/readyz"])? == "ok");
+    ensure!(k.ok(&["get", "--raw", "/livez"])? == "ok");
+    let metrics = k.ok(&["get", "--raw", "/metrics"])?;
+    for want in [
+        "apiserver_request_total{",
+        "apiserver_request_duration_seconds_bucket{",
+        "apiserver_current_inflight_requests",
+        "apiserver_registered_watchers",
+    ] {
+        ensure!(metrics.contains(want), "metrics lack {want}");
+    }
+    // Server-side dry run stores nothing.
+    let dry = k.ok(&["create", "configmap", "dry", "--from-literal=a=b", "--dry-run=server"])?;
+    ensure!(dry.contains("server dry run"), "{dry}");
+    ensure!(k.fails(&["get", "cm", "dry"])?.contains("NotFound"));
     // Bad selector from the server, as a Status.
     let bad = k.fails(&["get", "--raw", "/api/v1/pods?fieldSelector=spec.bogus%3D1"])?;
     ensure!(bad.contains("BadRequest") || bad.contains("field label not supported"), "{bad}");
@@ -482,6 +498,16 @@ fn binding_graceful_deletion_finalizers_and_limits() -> Result<()> {
     );
     k.ok(&["patch", "cm", "held", "--type=merge", "-p", r#"{"metadata":{"finalizers":null}}"#])?;
     ensure!(k.fails(&["get", "cm", "held"])?.contains("NotFound"));
+
+    // A body for another kind is refused.
+    let secret = write(
+        k,
+        "secret.json",
+        r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"wrong"}}"#,
+    )?;
+    let err =
+        k.fails(&["create", "--raw", "/api/v1/namespaces/default/configmaps", "-f", &secret])?;
+    ensure!(err.contains("does not match the expected kind"), "{err}");
 
     // Bodies over 3 MiB are refused with 413.
     let big = k.home().join("big.txt");

@@ -38,6 +38,10 @@ pub const PACKAGES: &[Package] = &[
     Package { name: "nginx-light", why: "backends for the data-plane benchmark" },
     Package { name: "gnuplot-nox", why: "the data-plane benchmark's PNG plot" },
     Package { name: "curl", why: "HTTP probes in end-to-end tests and benchmarks" },
+    Package {
+        name: "python3-venv",
+        why: "the venv the Python client suite installs kubernetes into",
+    },
 ];
 
 pub fn run_setup() -> Result<()> {

@@ -48,6 +48,16 @@ pub struct Event {
     pub key: String,
     pub obj: Arc<Value>,
     pub prev: Option<Arc<Value>>,
+    /// `obj` serialized once for every plain-JSON watcher.
+    pub json: std::sync::OnceLock<bytes::Bytes>,
+}
+
+impl Event {
+    /// The object as JSON bytes, serialized on first use and shared by all watchers.
+    pub fn obj_json(&self) -> &bytes::Bytes {
+        self.json
+            .get_or_init(|| bytes::Bytes::from(serde_json::to_vec(&*self.obj).unwrap_or_default()))
+    }
 }
 
 struct State {
@@ -196,6 +206,7 @@ impl Cache {
                         key: k.clone(),
                         obj: Arc::clone(v),
                         prev: None,
+                        json: std::sync::OnceLock::new(),
                     })
                 })
                 .collect(),
@@ -230,7 +241,14 @@ impl Cache {
             set_rv(&mut last, rev);
             (EventType::Deleted, Arc::new(last), Some(old))
         };
-        let ev = Arc::new(Event { rev, ty, key: kv.key.clone(), obj, prev: prev_obj });
+        let ev = Arc::new(Event {
+            rev,
+            ty,
+            key: kv.key.clone(),
+            obj,
+            prev: prev_obj,
+            json: std::sync::OnceLock::new(),
+        });
         st.history.push_back(Arc::clone(&ev));
         while st.history.len() > self.history {
             if let Some(old) = st.history.pop_front() {

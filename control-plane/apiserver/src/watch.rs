@@ -108,6 +108,17 @@ impl Stream {
             }
         };
         self.last_rev = self.last_rev.max(ev.rev);
+        if self.fmt == ResponseFormat::Json || self.fmt == ResponseFormat::Yaml {
+            // The common case: splice the shared serialization into the event line.
+            let obj = ev.obj_json();
+            let mut event_line = Vec::with_capacity(obj.len() + 32);
+            event_line.extend_from_slice(b"{\"type\":\"");
+            event_line.extend_from_slice(ty.as_bytes());
+            event_line.extend_from_slice(b"\",\"object\":");
+            event_line.extend_from_slice(obj);
+            event_line.extend_from_slice(b"}\n");
+            return self.tx.send(Ok(Frame::data(Bytes::from(event_line)))).await.is_ok();
+        }
         let obj = self.render(&ev.obj);
         self.send(ty, obj).await
     }

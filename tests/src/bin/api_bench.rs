@@ -223,6 +223,18 @@ async fn anchor_puts(endpoints: &[String], n: usize, clients: usize) -> Result<P
     Ok(summarize(all, start.elapsed()))
 }
 
+#[derive(serde::Deserialize)]
+struct ListPage {
+    metadata: PageMeta,
+    items: Vec<serde::de::IgnoredAny>,
+}
+
+#[derive(serde::Deserialize)]
+struct PageMeta {
+    #[serde(rename = "continue")]
+    continue_token: Option<String>,
+}
+
 async fn list_latency(conn: &mut Conn, ns: &str, paged: bool, runs: usize) -> Result<(f64, usize)> {
     let mut lat = Vec::new();
     let mut count = 0;
@@ -240,10 +252,11 @@ async fn list_latency(conn: &mut Conn, ns: &str, paged: bool, runs: usize) -> Re
             if code != 200 {
                 bail!("list returned {code}");
             }
-            let v: Value = serde_json::from_slice(&body)?;
-            count += v["items"].as_array().map_or(0, Vec::len);
-            match v.pointer("/metadata/continue").and_then(Value::as_str) {
-                Some(c) if paged && !c.is_empty() => c.clone_into(&mut token),
+            // Count items without building them (the client's parse is not the server's cost).
+            let page: ListPage = serde_json::from_slice(&body)?;
+            count += page.items.len();
+            match page.metadata.continue_token {
+                Some(c) if paged && !c.is_empty() => token = c,
                 _ => break,
             }
         }
@@ -408,6 +421,13 @@ HTTP/2 over TLS with the admin client certificate, clients spread over the maste
 | list of {paged_n} pods, pages of 500 | p50 {lp:.1} ms (all pages) | |\n\
 | watch delivery, {watchers} watchers × {events} events | p50 {wp50:.1} ms, p99 {wp99:.1} ms | p99 ≤ 50 ms |\n\
 | master RSS after the creates (store + API server, MiB) | {rss} | |\n\n\
+How it measures: create latency is request sent → 201 received, per client, clients on \
+HTTP/2 connections spread over the three masters; the anchor sends the same pod JSON as etcd v3 \
+Puts to the three store endpoints with the same concurrency. List latency is request sent → \
+body received and its items counted by the client (all pages for the paged list). Watch delivery is the \
+time from a writer stamping a pod (annotation, just before its create request) to each watcher \
+reading the event line, so it includes the create itself. RSS is `VmRSS` of each \
+`skiff-master` process (store replica and API server together) after the creates.\n\n\
 Raw numbers: `api.json`. Reproduce: `cargo xtask bench api` (add `--small` for a smoke run).\n",
         note = if a.note.is_empty() { String::new() } else { format!("**Note:** {}", a.note) },
         clients = a.clients,
