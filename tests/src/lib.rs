@@ -3,8 +3,10 @@
 //!
 //! The tests themselves live in `tests/tests/*.rs`.
 
+pub mod api;
 pub mod containerd;
 pub mod dataplane;
+pub mod masters;
 pub mod privileged;
 pub mod wait;
 

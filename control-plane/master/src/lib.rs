@@ -1,4 +1,90 @@
-//! Wiring of a control-plane member (store replica, API server, scheduler, controllers) and the
-//! `skiff-master` CLI: `run`, `init`, `snapshot save|restore`, `member list|add|remove`.
+//! Wiring of a control-plane member and the `skiff-master` subcommands' logic.
 //!
-//! Empty until the replicated store lands; the binary arrives with its first subcommand.
+//! `run` starts a store replica: the raft peer service on `--listen-peer`, the etcd v3 API on
+//! `--listen-client` (plain HTTP/2), and `/metrics` + `/health` on `--listen-metrics`. The
+//! API server, scheduler and controllers will be wired here too; [`RunConfig`] is the one flag
+//! struct they extend.
+
+pub mod config;
+pub mod ctl;
+mod http;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use skiff_store::etcd::EtcdService;
+use skiff_store::{Store, StoreConfig};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use config::{ConfigError, RunConfig};
+
+/// Why a member could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("listen on {addr}: {source}")]
+    Listen { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("store: {0}")]
+    Store(#[from] skiff_store::StoreError),
+    #[error("{what} server: {source}")]
+    Serve { what: &'static str, source: tonic::transport::Error },
+}
+
+async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, RunError> {
+    TcpListener::bind(addr).await.map_err(|source| RunError::Listen { addr, source })
+}
+
+/// Runs a member until `shutdown` resolves, then stops its servers and the store replica.
+pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    let store_config: StoreConfig = config.store_config()?;
+    // Listen before starting raft, so peers (and the first election) can reach us at once.
+    let peer_listener = bind(config.listen_peer).await?;
+    let client_listener = bind(config.listen_client).await?;
+    let metrics_listener = match config.listen_metrics {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    let store = Store::open(store_config).await?;
+    tracing::info!(name = %config.name, id = format_args!("{:x}", store.id()), peer = %config.listen_peer,
+        client = %config.listen_client, "store replica started");
+
+    let stop = Arc::new(Notify::new());
+    let stopped = |n: Arc<Notify>| async move { n.notified().await };
+    let peer_server = tonic::transport::Server::builder()
+        .add_service(store.peer_service())
+        .serve_with_incoming_shutdown(TcpListenerStream::new(peer_listener), stopped(stop.clone()));
+    let etcd = EtcdService::new(store.clone());
+    let client_server = tonic::transport::Server::builder()
+        .add_service(etcd.kv_server())
+        .add_service(etcd.watch_server())
+        .add_service(etcd.cluster_server())
+        .add_service(etcd.maintenance_server())
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(client_listener),
+            stopped(stop.clone()),
+        );
+    let peer_task = tokio::spawn(peer_server);
+    let client_task = tokio::spawn(client_server);
+    let http_task =
+        metrics_listener.map(|l| tokio::spawn(http::serve(l, store.clone(), stop.clone())));
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    stop.notify_waiters();
+    store.shutdown().await;
+    let grace = std::time::Duration::from_secs(5);
+    for (what, t) in [("peer", peer_task), ("client", client_task)] {
+        match tokio::time::timeout(grace, t).await {
+            Ok(Ok(Err(source))) => return Err(RunError::Serve { what, source }),
+            Ok(_) => {}
+            Err(_) => tracing::warn!(what, "server did not stop within the grace period"),
+        }
+    }
+    if let Some(t) = http_task {
+        t.abort();
+    }
+    Ok(())
+}

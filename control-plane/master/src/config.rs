@@ -1,0 +1,162 @@
+//! Flags of `skiff-master run` (each also an env var `SKIFF_*`) and their translation into
+//! the store's configuration. Components added later extend [`RunConfig`] with their flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use skiff_store::StoreConfig;
+use skiff_store::node::RaftTuning;
+use skiff_store::raft::Member;
+use skiff_store::raft::network::NetControl;
+
+/// A bad flag value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--initial-cluster: {0}")]
+    InitialCluster(String),
+    #[error("--initial-cluster does not name this member ({0})")]
+    NotAMember(String),
+    #[error(
+        "--election-timeout-ms ({election}) must be at least 5x --heartbeat-interval-ms ({heartbeat})"
+    )]
+    Timing { heartbeat: u64, election: u64 },
+}
+
+/// Whether this member starts a new cluster or joins one (after `member add`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClusterState {
+    New,
+    Existing,
+}
+
+/// `skiff-master run` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunConfig {
+    /// Member name, unique in the cluster (its id is derived from it).
+    #[arg(long, env = "SKIFF_NAME", default_value = "default")]
+    pub name: String,
+    /// Directory for the RocksDB database and raft snapshots.
+    #[arg(long, env = "SKIFF_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Address of the etcd v3 gRPC API (plain HTTP/2).
+    #[arg(long, env = "SKIFF_LISTEN_CLIENT", default_value = "127.0.0.1:2379")]
+    pub listen_client: SocketAddr,
+    /// Address of the raft peer service.
+    #[arg(long, env = "SKIFF_LISTEN_PEER", default_value = "127.0.0.1:2380")]
+    pub listen_peer: SocketAddr,
+    /// Address of `/metrics` (Prometheus) and `/health`; off when unset.
+    #[arg(long, env = "SKIFF_LISTEN_METRICS")]
+    pub listen_metrics: Option<SocketAddr>,
+    /// Peer URL other members use (default: `http://LISTEN_PEER`).
+    #[arg(long, env = "SKIFF_ADVERTISE_PEER_URL")]
+    pub advertise_peer_url: Option<String>,
+    /// Client URL reported by member list (default: `http://LISTEN_CLIENT`).
+    #[arg(long, env = "SKIFF_ADVERTISE_CLIENT_URL")]
+    pub advertise_client_url: Option<String>,
+    /// `name=http://host:port,...` of every member of a new cluster (default: just this one).
+    #[arg(long, env = "SKIFF_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// `new` to bootstrap from --initial-cluster, `existing` to join after `member add`.
+    #[arg(long, env = "SKIFF_INITIAL_CLUSTER_STATE", value_enum, default_value = "new")]
+    pub initial_cluster_state: ClusterState,
+    /// Raft heartbeat interval.
+    #[arg(long, env = "SKIFF_HEARTBEAT_INTERVAL_MS", default_value_t = 100)]
+    pub heartbeat_interval_ms: u64,
+    /// Minimum raft election timeout (the maximum is twice this).
+    #[arg(long, env = "SKIFF_ELECTION_TIMEOUT_MS", default_value_t = 1000)]
+    pub election_timeout_ms: u64,
+    /// Raft entries between snapshots (each entry is a batch of writes).
+    #[arg(long, env = "SKIFF_SNAPSHOT_COUNT", default_value_t = 10_000)]
+    pub snapshot_count: u64,
+}
+
+/// Parses `name=url,name=url`.
+pub fn parse_initial_cluster(s: &str) -> Result<Vec<Member>, ConfigError> {
+    let mut out: Vec<Member> = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, url) = part
+            .split_once('=')
+            .ok_or_else(|| ConfigError::InitialCluster(format!("{part:?} is not name=url")))?;
+        if name.is_empty() || !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(ConfigError::InitialCluster(format!(
+                "{part:?}: need a name and an http:// URL"
+            )));
+        }
+        if out.iter().any(|m| m.name == name) {
+            return Err(ConfigError::InitialCluster(format!("member {name} appears twice")));
+        }
+        out.push(Member { name: name.into(), peer_url: url.into(), client_url: String::new() });
+    }
+    if out.is_empty() {
+        return Err(ConfigError::InitialCluster("no members".into()));
+    }
+    Ok(out)
+}
+
+impl RunConfig {
+    pub fn peer_url(&self) -> String {
+        self.advertise_peer_url.clone().unwrap_or_else(|| format!("http://{}", self.listen_peer))
+    }
+
+    pub fn client_url(&self) -> String {
+        self.advertise_client_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen_client))
+    }
+
+    /// The store replica's configuration.
+    pub fn store_config(&self) -> Result<StoreConfig, ConfigError> {
+        let initial_cluster = match &self.initial_cluster {
+            Some(s) => parse_initial_cluster(s)?,
+            None => vec![Member {
+                name: self.name.clone(),
+                peer_url: self.peer_url(),
+                client_url: String::new(),
+            }],
+        };
+        if self.initial_cluster_state == ClusterState::New
+            && !initial_cluster.iter().any(|m| m.name == self.name)
+        {
+            return Err(ConfigError::NotAMember(self.name.clone()));
+        }
+        if self.election_timeout_ms < 5 * self.heartbeat_interval_ms {
+            return Err(ConfigError::Timing {
+                heartbeat: self.heartbeat_interval_ms,
+                election: self.election_timeout_ms,
+            });
+        }
+        Ok(StoreConfig {
+            name: self.name.clone(),
+            data_dir: self.data_dir.clone(),
+            peer_url: self.peer_url(),
+            client_url: self.client_url(),
+            initial_cluster,
+            join_existing: self.initial_cluster_state == ClusterState::Existing,
+            tuning: RaftTuning {
+                heartbeat_ms: self.heartbeat_interval_ms,
+                election_min_ms: self.election_timeout_ms,
+                election_max_ms: self.election_timeout_ms * 2,
+                snapshot_every: self.snapshot_count,
+                keep_logs: 1000,
+                request_timeout: Duration::from_secs(5),
+            },
+            net: NetControl::default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_cluster_parsing() {
+        let m = parse_initial_cluster("a=http://127.0.0.1:1, b=http://127.0.0.1:2").unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[1].peer_url, "http://127.0.0.1:2");
+        for bad in ["", "a", "a=127.0.0.1:1", "=http://x", "a=http://x,a=http://y"] {
+            assert!(parse_initial_cluster(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! The raft state machine: applies committed batches to the MVCC store in one RocksDB write
+//! per `apply` call, publishes their events to watchers, and builds/installs snapshots of all
+//! MVCC data (retained history included, so watchers on a replica that installed a snapshot
+//! can still start from any retained revision).
+
+#![expect(clippy::result_large_err, reason = "openraft's StorageError is what the traits return")]
+
+use std::io::Cursor;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    EntryPayload, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageIOError, StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{LogId, Member, ProposalResult, StorageError, TypeConfig, encode};
+use crate::metrics::Metrics;
+use crate::mvcc::{Mvcc, MvccDump};
+use crate::watch::WatchHub;
+
+type Entry = openraft::Entry<TypeConfig>;
+type Meta = SnapshotMeta<u64, Member>;
+
+const SNAPSHOT_FILE: &str = "raft-snapshot.bin";
+
+/// What the state machine records next to the MVCC data, atomically with it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AppliedState {
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership<u64, Member>,
+}
+
+impl AppliedState {
+    pub fn decode(b: &[u8]) -> Result<Self, StorageError> {
+        if b.is_empty() {
+            return Ok(Self::default());
+        }
+        bincode::deserialize(b).map_err(|e| StorageIOError::read_state_machine(&e).into())
+    }
+}
+
+/// A snapshot on disk: openraft's meta and the MVCC dump it describes.
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotFile {
+    meta: Meta,
+    data: Vec<u8>,
+}
+
+/// The state machine handed to openraft.
+pub struct StateMachine {
+    mvcc: Arc<Mvcc>,
+    hub: WatchHub,
+    metrics: Metrics,
+    dir: PathBuf,
+    state: AppliedState,
+    built: u64,
+}
+
+impl StateMachine {
+    pub fn new(
+        mvcc: Arc<Mvcc>,
+        hub: WatchHub,
+        metrics: Metrics,
+        dir: PathBuf,
+    ) -> Result<Self, StorageError> {
+        let state = AppliedState::decode(&mvcc.applied())?;
+        Ok(Self { mvcc, hub, metrics, dir, state, built: 0 })
+    }
+
+    fn snapshot_path(&self) -> PathBuf {
+        self.dir.join(SNAPSHOT_FILE)
+    }
+
+    fn save_snapshot_file(&self, meta: &Meta, data: &[u8]) -> Result<(), StorageError> {
+        let bytes = encode(&SnapshotFile { meta: meta.clone(), data: data.to_vec() });
+        let path = self.snapshot_path();
+        let tmp = path.with_extension("tmp");
+        let err = |e: std::io::Error| -> StorageError {
+            StorageIOError::write_snapshot(Some(meta.signature()), &e).into()
+        };
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp).map_err(err)?;
+            f.write_all(&bytes).map_err(err)?;
+            f.sync_all().map_err(err)?;
+        }
+        std::fs::rename(&tmp, &path).map_err(err)?;
+        Ok(())
+    }
+}
+
+fn sm_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_state_machine(&e).into()
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let dump = self.mvcc.dump().map_err(sm_err)?;
+        // openraft purges the log up to this snapshot: make the state it reflects durable.
+        self.mvcc.db().flush_wal(true).map_err(sm_err)?;
+        let applied = AppliedState::decode(&dump.applied)?;
+        self.built += 1;
+        let snapshot_id = format!(
+            "{}-{}-{}",
+            applied.last_applied.as_ref().map_or(0, |l| l.leader_id.term),
+            applied.last_applied.as_ref().map_or(0, |l| l.index),
+            self.built
+        );
+        let meta = Meta {
+            last_log_id: applied.last_applied,
+            last_membership: applied.membership,
+            snapshot_id,
+        };
+        let data = encode(&dump);
+        self.save_snapshot_file(&meta, &data)?;
+        tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), revision = dump.revision, "built snapshot");
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId>, StoredMembership<u64, Member>), StorageError> {
+        Ok((self.state.last_applied, self.state.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ProposalResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let t = Instant::now();
+        let mut w = self.mvcc.writer();
+        let from = w.revision() + 1;
+        let mut out = Vec::new();
+        let mut ops = 0u64;
+        for e in entries {
+            self.state.last_applied = Some(e.log_id);
+            match e.payload {
+                EntryPayload::Blank => out.push(ProposalResult::default()),
+                EntryPayload::Normal(p) => {
+                    let mut results = Vec::with_capacity(p.ops.len());
+                    for op in &p.ops {
+                        results.push(w.apply(op).map_err(sm_err)?);
+                    }
+                    ops += results.len() as u64;
+                    out.push(ProposalResult { results });
+                }
+                EntryPayload::Membership(m) => {
+                    self.state.membership = StoredMembership::new(Some(e.log_id), m);
+                    out.push(ProposalResult::default());
+                }
+            }
+        }
+        let (to, events) = w.commit(Some(encode(&self.state))).map_err(sm_err)?;
+        self.hub.publish(from, to, events);
+        self.metrics.proposals_committed.inc_by(ops);
+        self.metrics.apply_seconds.observe(t.elapsed().as_secs_f64());
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        Self {
+            mvcc: self.mvcc.clone(),
+            hub: self.hub.clone(),
+            metrics: self.metrics.clone(),
+            dir: self.dir.clone(),
+            state: self.state.clone(),
+            built: self.built + 1,
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &Meta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let mut dump: MvccDump = bincode::deserialize(&data).map_err(|e| {
+            StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &e))
+        })?;
+        let state = AppliedState {
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+        };
+        dump.applied = encode(&state);
+        self.mvcc.restore(&dump).map_err(sm_err)?;
+        self.save_snapshot_file(meta, &data)?;
+        self.state = state;
+        // Watchers re-read history: the data under them was replaced.
+        self.hub.publish(dump.revision + 2, dump.revision, Vec::new());
+        tracing::info!(snapshot = %meta.snapshot_id, revision = dump.revision, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let bytes = match std::fs::read(self.snapshot_path()) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StorageIOError::read_snapshot(None, &e).into()),
+        };
+        let f: SnapshotFile = bincode::deserialize(&bytes)
+            .map_err(|e| StorageError::from(StorageIOError::read_snapshot(None, &e)))?;
+        Ok(Some(Snapshot { meta: f.meta, snapshot: Box::new(Cursor::new(f.data)) }))
+    }
+}

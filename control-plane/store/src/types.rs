@@ -1,0 +1,243 @@
+//! Requests and responses of the key-value state machine, with etcd v3 semantics.
+//!
+//! These are the store's own types (serde, carried inside raft entries); the etcd gRPC service
+//! converts to and from `etcdserverpb` at the edge.
+
+use serde::{Deserialize, Serialize};
+
+/// Largest request the store accepts (etcd's default `--max-request-bytes`): 1.5 MiB.
+pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;
+
+/// One key's value at one revision, as etcd's `mvccpb.KeyValue`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct KeyValue {
+    pub key: Vec<u8>,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    pub version: i64,
+    pub value: Vec<u8>,
+    pub lease: i64,
+}
+
+/// A key range: `range_end` empty means the single key `key`; `[0]` means every key `>= key`;
+/// otherwise the half-open range `[key, range_end)` (etcd's convention).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct KeyRange {
+    pub key: Vec<u8>,
+    pub range_end: Vec<u8>,
+}
+
+impl KeyRange {
+    pub fn single(key: impl Into<Vec<u8>>) -> Self {
+        Self { key: key.into(), range_end: Vec::new() }
+    }
+
+    /// Every key starting with `prefix` (what `etcdctl get --prefix` sends).
+    pub fn prefix(prefix: impl Into<Vec<u8>>) -> Self {
+        let key: Vec<u8> = prefix.into();
+        let range_end = prefix_end(&key);
+        Self { key, range_end }
+    }
+
+    pub fn is_single(&self) -> bool {
+        self.range_end.is_empty()
+    }
+
+    pub fn contains(&self, k: &[u8]) -> bool {
+        if self.range_end.is_empty() {
+            return k == self.key.as_slice();
+        }
+        if k < self.key.as_slice() {
+            return false;
+        }
+        self.range_end == [0] || k < self.range_end.as_slice()
+    }
+}
+
+/// The smallest key greater than every key with this prefix; `[0]` ("to the end") when the
+/// prefix is empty or all `0xff`.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RangeRequest {
+    pub range: KeyRange,
+    /// 0 = no limit.
+    pub limit: i64,
+    /// 0 = the current revision.
+    pub revision: i64,
+    pub keys_only: bool,
+    pub count_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RangeResponse {
+    pub revision: i64,
+    pub kvs: Vec<KeyValue>,
+    pub more: bool,
+    pub count: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct PutRequest {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub lease: i64,
+    pub prev_kv: bool,
+    pub ignore_value: bool,
+    pub ignore_lease: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct PutResponse {
+    pub revision: i64,
+    pub prev_kv: Option<KeyValue>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct DeleteRangeRequest {
+    pub range: KeyRange,
+    pub prev_kv: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct DeleteRangeResponse {
+    pub revision: i64,
+    pub deleted: i64,
+    pub prev_kvs: Vec<KeyValue>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareResult {
+    Equal,
+    Greater,
+    Less,
+    NotEqual,
+}
+
+/// What a compare looks at, with the operand.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareTarget {
+    Version(i64),
+    Create(i64),
+    Mod(i64),
+    Value(Vec<u8>),
+    Lease(i64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    pub range: KeyRange,
+    pub result: CompareResult,
+    pub target: CompareTarget,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOp {
+    Range(RangeRequest),
+    Put(PutRequest),
+    DeleteRange(DeleteRangeRequest),
+    Txn(TxnRequest),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOpResponse {
+    Range(RangeResponse),
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct TxnRequest {
+    pub compare: Vec<Compare>,
+    pub success: Vec<TxnOp>,
+    pub failure: Vec<TxnOp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct TxnResponse {
+    pub revision: i64,
+    pub succeeded: bool,
+    pub responses: Vec<TxnOpResponse>,
+}
+
+/// A write that goes through raft. Ranges inside a `Txn` are read at the txn's position in
+/// the log, so they are linearizable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteOp {
+    Put(PutRequest),
+    DeleteRange(DeleteRangeRequest),
+    Txn(TxnRequest),
+    Compact(i64),
+}
+
+impl WriteOp {
+    /// Bytes of keys and values in the request: what the 1.5 MiB limit applies to.
+    pub fn payload_size(&self) -> usize {
+        fn op(o: &TxnOp) -> usize {
+            match o {
+                TxnOp::Range(r) => r.range.key.len() + r.range.range_end.len(),
+                TxnOp::Put(p) => p.key.len() + p.value.len(),
+                TxnOp::DeleteRange(d) => d.range.key.len() + d.range.range_end.len(),
+                TxnOp::Txn(t) => txn(t),
+            }
+        }
+        fn txn(t: &TxnRequest) -> usize {
+            let cmp: usize = t
+                .compare
+                .iter()
+                .map(|c| {
+                    c.range.key.len()
+                        + c.range.range_end.len()
+                        + match &c.target {
+                            CompareTarget::Value(v) => v.len(),
+                            _ => 8,
+                        }
+                })
+                .sum();
+            cmp + t.success.iter().map(op).sum::<usize>() + t.failure.iter().map(op).sum::<usize>()
+        }
+        match self {
+            WriteOp::Put(p) => p.key.len() + p.value.len(),
+            WriteOp::DeleteRange(d) => d.range.key.len() + d.range.range_end.len(),
+            WriteOp::Txn(t) => txn(t),
+            WriteOp::Compact(_) => 8,
+        }
+    }
+}
+
+/// The result of one applied [`WriteOp`]. Errors that depend on state (compacted, future
+/// revision) are results, not failures of the raft entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteResult {
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compact { revision: i64 },
+    Error(crate::error::KvError),
+}
+
+/// Kind of a watch event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
+/// One change, as etcd's `mvccpb.Event`. For a delete, `kv` carries the key and the deleting
+/// revision as `mod_revision`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub kind: EventKind,
+    pub kv: KeyValue,
+    pub prev_kv: Option<KeyValue>,
+}

@@ -1,0 +1,213 @@
+//! Clusters of real `skiff-master` processes on loopback for end-to-end tests: each member has
+//! its own data dir under `/tmp/skiff-test-<tag>`, is stopped by PID (SIGKILL on demand, as a
+//! crash), can be restarted with the same flags, and everything is removed in `Drop`.
+
+use std::fs::{self, File};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::wait;
+
+/// The `skiff-master` binary next to the running test (built by `cargo build -p skiff-master`
+/// if missing).
+pub fn master_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().and_then(Path::parent).context("test binary has no target dir")?;
+    let bin = dir.join("skiff-master");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = Command::new(cargo).args(["build", "-p", "skiff-master"]).status()?;
+        if !st.success() {
+            bail!("building skiff-master failed");
+        }
+    }
+    Ok(bin)
+}
+
+/// A free loopback port (bound then released; the member binds it right after).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// One member's fixed flags.
+#[derive(Debug, Clone)]
+pub struct MemberSpec {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub metrics_port: u16,
+    pub data_dir: PathBuf,
+}
+
+impl MemberSpec {
+    pub fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// `host:port` for etcdctl (with a scheme, etcdctl 3.4 sends the whole URL as the HTTP/2
+    /// authority for some commands, which strict HTTP/2 servers refuse).
+    pub fn client_endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+}
+
+/// A cluster of `skiff-master run` processes.
+pub struct Masters {
+    pub dir: PathBuf,
+    pub specs: Vec<MemberSpec>,
+    children: Vec<Option<Child>>,
+    bin: PathBuf,
+    initial_cluster: String,
+}
+
+impl Masters {
+    /// Starts `n` members as a new cluster and waits until they serve the etcd API.
+    pub fn start(tag: &str, n: usize) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("skiff-test-{tag}-masters"));
+        fs::create_dir_all(&dir)?;
+        let mut specs = Vec::new();
+        for i in 0..n {
+            specs.push(MemberSpec {
+                name: format!("m{i}"),
+                client_port: free_port()?,
+                peer_port: free_port()?,
+                metrics_port: free_port()?,
+                data_dir: dir.join(format!("m{i}")),
+            });
+        }
+        let initial_cluster = specs
+            .iter()
+            .map(|s| format!("{}={}", s.name, s.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut me = Self {
+            dir,
+            specs,
+            children: (0..n).map(|_| None).collect(),
+            bin: master_binary()?,
+            initial_cluster,
+        };
+        for i in 0..n {
+            me.spawn(i)?;
+        }
+        me.wait_ready()?;
+        Ok(me)
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<()> {
+        let s = &self.specs[i];
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{}.log", s.name)))?;
+        let child = Command::new(&self.bin)
+            .args(["run", "--name", &s.name])
+            .arg("--data-dir")
+            .arg(&s.data_dir)
+            .args(["--listen-client", &format!("127.0.0.1:{}", s.client_port)])
+            .args(["--listen-peer", &format!("127.0.0.1:{}", s.peer_port)])
+            .args(["--listen-metrics", &format!("127.0.0.1:{}", s.metrics_port)])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--heartbeat-interval-ms", "100", "--election-timeout-ms", "800"])
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting skiff-master")?;
+        self.children[i] = Some(child);
+        Ok(())
+    }
+
+    /// Waits until every running member reports a leader in `/health`.
+    pub fn wait_ready(&mut self) -> Result<()> {
+        let ports: Vec<u16> = (0..self.specs.len())
+            .filter(|i| self.children[*i].is_some())
+            .map(|i| self.specs[i].metrics_port)
+            .collect();
+        wait::until("every member healthy", Duration::from_mins(1), || {
+            for (i, c) in self.children.iter_mut().enumerate() {
+                if let Some(st) = c.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                    bail!("member m{i} exited ({st}); log:\n{}", self.log_tail(i));
+                }
+            }
+            Ok(ports.iter().all(|p| http_get(*p, "/health").is_ok_and(|(code, _)| code == 200)))
+        })
+    }
+
+    pub fn log_tail(&self, i: usize) -> String {
+        let log = fs::read_to_string(self.dir.join(format!("{}.log", self.specs[i].name)))
+            .unwrap_or_default();
+        log.lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Kills member `i` with SIGKILL (a crash) and reaps it.
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Restarts a killed member with the same flags and data dir.
+    pub fn restart(&mut self, i: usize) -> Result<()> {
+        self.kill9(i);
+        self.spawn(i)
+    }
+
+    pub fn is_running(&self, i: usize) -> bool {
+        self.children[i].is_some()
+    }
+
+    /// All client endpoints, comma separated, for etcdctl.
+    pub fn endpoints(&self) -> String {
+        self.specs.iter().map(MemberSpec::client_endpoint).collect::<Vec<_>>().join(",")
+    }
+
+    /// Runs the `skiff-master` binary with `args` (client subcommands).
+    pub fn ctl(&self, args: &[&str]) -> Result<Output> {
+        Ok(Command::new(&self.bin).args(args).stdin(Stdio::null()).output()?)
+    }
+
+    pub fn binary(&self) -> &Path {
+        &self.bin
+    }
+}
+
+impl Drop for Masters {
+    fn drop(&mut self) {
+        for i in 0..self.children.len() {
+            self.kill9(i);
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A minimal HTTP/1.0 GET on loopback: `(status code, body)`.
+pub fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let code =
+        buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).context("no HTTP status")?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((code, body))
+}

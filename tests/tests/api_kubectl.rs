@@ -1,0 +1,425 @@
+//! The kubectl acceptance list of the API reference (except logs/exec, which need a node
+//! agent), run with the installed kubectl dispatcher (fresh HOME and cache per test) against a
+//! real store and the API server. Controllers are not part of this suite: where a command waits
+//! for status (rollout status, wait), the test writes that status through `/status` as a
+//! controller would.
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use skiff_e2e::api::{ApiServer, Etcd, Kubectl, TEST_TOKEN};
+use skiff_e2e::{unique_tag, wait};
+
+const WEB: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: default
+  labels:
+    app: web
+spec:
+  selector:
+    matchLabels:
+      app: web
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      containers:
+      - name: nginx
+        image: nginx:1.25
+        ports:
+        - containerPort: 80
+";
+
+fn web_v2() -> String {
+    WEB.replace("spec:\n  selector:", "spec:\n  replicas: 3\n  selector:")
+        .replace("nginx:1.25", "nginx:1.26")
+}
+
+struct Env {
+    k: Kubectl,
+    api: ApiServer,
+    _etcd: Etcd,
+}
+
+fn env() -> Result<Env> {
+    let tag = unique_tag();
+    let etcd = Etcd::start(&tag)?;
+    let api = ApiServer::start(&tag, std::slice::from_ref(&etcd.endpoint))?;
+    let k = Kubectl::new(&tag, &api.kubeconfig)?;
+    Ok(Env { k, api, _etcd: etcd })
+}
+
+fn write(k: &Kubectl, name: &str, text: &str) -> Result<String> {
+    let p = k.home().join(name);
+    std::fs::write(&p, text)?;
+    Ok(p.display().to_string())
+}
+
+#[test]
+fn discovery_version_and_tables() -> Result<()> {
+    let env = env()?;
+    let k = &env.k;
+    let v = k.ok(&["version"])?;
+    ensure!(v.contains("Server Version: v1.33"), "{v}");
+    let r = k.ok(&["api-resources"])?;
+    for want in [
+        "deployments",
+        "deploy",
+        "apps/v1",
+        "Deployment",
+        "pods",
+        "po",
+        "namespaces",
+        "ns",
+        "clusterrolebindings",
+        "leases",
+        "endpointslices",
+        "priorityclasses",
+        "cronjobs",
+    ] {
+        ensure!(r.contains(want), "api-resources lacks {want}:\n{r}");
+    }
+    let line = r.lines().find(|l| l.starts_with("deployments")).context("deployments row")?;
+    ensure!(
+        line.split_whitespace().collect::<Vec<_>>()
+            == ["deployments", "deploy", "apps/v1", "true", "Deployment"],
+        "{line}"
+    );
+    let ci = k.ok(&["cluster-info"])?;
+    ensure!(ci.contains("Kubernetes control plane is running at"), "{ci}");
+    // Namespaces exist from bootstrap, with the upstream Table.
+    let ns = k.ok(&["get", "namespaces"])?;
+    ensure!(
+        ns.starts_with("NAME")
+            && ns.contains("STATUS")
+            && ns.contains("kube-system")
+            && ns.contains("Active"),
+        "{ns}"
+    );
+    let svc = k.ok(&["get", "svc", "kubernetes", "-o", "wide"])?;
+    ensure!(
+        svc.contains("10.96.0.1") && svc.contains("443/TCP") && svc.contains("SELECTOR"),
+        "{svc}"
+    );
+    // Empty lists.
+    let none = k.run(&["get", "pods"])?;
+    ensure!(
+        String::from_utf8_lossy(&none.stderr).contains("No resources found in default namespace."),
+        "{none:?}"
+    );
+    let nodes = k.run(&["get", "nodes"])?;
+    ensure!(nodes.status.success(), "{nodes:?}");
+    // Bad selector from the server, as a Status.
+    let bad = k.fails(&["get", "--raw", "/api/v1/pods?fieldSelector=spec.bogus%3D1"])?;
+    ensure!(bad.contains("BadRequest") || bad.contains("field label not supported"), "{bad}");
+    Ok(())
+}
+
+#[test]
+fn deployment_lifecycle() -> Result<()> {
+    let env = env()?;
+    let k = &env.k;
+    let web = write(&k, "web.yaml", WEB)?;
+    let web2 = write(&k, "web-v2.yaml", &web_v2())?;
+
+    let out = k.ok(&["apply", "-f", &web])?;
+    ensure!(out.contains("deployment.apps/web created"), "{out}");
+    let y = k.ok(&["get", "deploy", "web", "-o", "yaml"])?;
+    for want in [
+        "replicas: 1",
+        "kubectl.kubernetes.io/last-applied-configuration",
+        "revisionHistoryLimit: 10",
+        "maxSurge: 25%",
+        "generation: 1",
+        "uid:",
+        "creationTimestamp:",
+    ] {
+        ensure!(y.contains(want), "get -o yaml lacks {want}:\n{y}");
+    }
+    let wide = k.ok(&["get", "deploy", "-o", "wide"])?;
+    let header: Vec<&str> = wide.lines().next().unwrap_or("").split_whitespace().collect();
+    ensure!(
+        header
+            == [
+                "NAME",
+                "READY",
+                "UP-TO-DATE",
+                "AVAILABLE",
+                "AGE",
+                "CONTAINERS",
+                "IMAGES",
+                "SELECTOR"
+            ],
+        "{wide}"
+    );
+    ensure!(
+        wide.contains("0/1") && wide.contains("nginx:1.25") && wide.contains("app=web"),
+        "{wide}"
+    );
+
+    let out = k.ok(&["apply", "-f", &web2])?;
+    ensure!(out.contains("deployment.apps/web configured"), "{out}");
+    let out = k.ok(&["apply", "-f", &web2])?;
+    ensure!(out.contains("deployment.apps/web unchanged"), "{out}");
+    let spec = k.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].image} {.metadata.generation}"])?;
+    ensure!(spec == "3 nginx:1.26 2", "{spec}");
+
+    let out = k.ok(&["scale", "deploy/web", "--replicas=5"])?;
+    ensure!(out.contains("scaled"), "{out}");
+    let err = k.fails(&["scale", "deploy/web", "--current-replicas=4", "--replicas=6"])?;
+    ensure!(
+        err.contains("expected 4") || err.contains("conflict") || err.contains("precondition"),
+        "{err}"
+    );
+    k.ok(&["scale", "deploy/web", "--current-replicas=5", "--replicas=6"])?;
+    ensure!(k.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"])? == "6");
+
+    k.ok(&["label", "deploy", "web", "tier=frontend"])?;
+    k.ok(&["annotate", "deploy", "web", "note=hello"])?;
+    let meta = k.ok(&[
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        "jsonpath={.metadata.labels.tier} {.metadata.annotations.note}",
+    ])?;
+    ensure!(meta == "frontend hello", "{meta}");
+
+    k.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"nginx","image":"nginx:1.27"}]}}}}"#,
+    ])?;
+    let c = k.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.template.spec.containers[*].name} {.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].ports[0].containerPort}"])?;
+    ensure!(c == "nginx nginx:1.27 80", "strategic merge by name kept the port: {c}");
+    k.ok(&["patch", "deploy", "web", "--type=merge", "-p", r#"{"spec":{"replicas":2}}"#])?;
+    ensure!(k.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"])? == "2");
+    k.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/replicas","value":3}]"#,
+    ])?;
+    ensure!(k.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"])? == "3");
+    let err = k.fails(&[
+        "patch",
+        "deploy",
+        "web",
+        "--type=json",
+        "-p",
+        r#"[{"op":"test","path":"/spec/replicas","value":9}]"#,
+    ])?;
+    ensure!(err.contains("Invalid") || err.contains("invalid") || err.contains("test"), "{err}");
+
+    // rollout status: a controller's status write completes the rollout.
+    let generation = k.ok(&["get", "deploy", "web", "-o", "jsonpath={.metadata.generation}"])?;
+    let status = format!(
+        r#"{{"status":{{"observedGeneration":{generation},"replicas":3,"updatedReplicas":3,"readyReplicas":3,"availableReplicas":3,"conditions":[{{"type":"Available","status":"True","reason":"MinimumReplicasAvailable"}},{{"type":"Progressing","status":"True","reason":"NewReplicaSetAvailable"}}]}}}}"#
+    );
+    k.ok(&["patch", "deploy", "web", "--subresource=status", "--type=merge", "-p", &status])?;
+    let out = k.ok(&["rollout", "status", "deploy/web", "--timeout=60s"])?;
+    ensure!(out.contains("successfully rolled out"), "{out}");
+    let wide = k.ok(&["get", "deploy", "web"])?;
+    ensure!(wide.contains("3/3"), "{wide}");
+
+    // Generators send protobuf bodies.
+    let out = k.ok(&["create", "deployment", "web2", "--image=nginx"])?;
+    ensure!(out.contains("deployment.apps/web2 created"), "{out}");
+    let img = k.ok(&["get", "deploy", "web2", "-o", "jsonpath={.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].imagePullPolicy} {.spec.replicas}"])?;
+    ensure!(img == "nginx Always 1", "{img}");
+    let dup = k.fails(&["create", "deployment", "web2", "--image=nginx"])?;
+    ensure!(dup.contains("AlreadyExists"), "{dup}");
+
+    let out = k.ok(&["delete", "deploy", "web"])?;
+    ensure!(out.contains("deleted"), "{out}");
+    let gone = k.fails(&["get", "deploy", "web"])?;
+    ensure!(
+        gone.contains("NotFound") && gone.contains("deployments.apps \"web\" not found"),
+        "{gone}"
+    );
+    Ok(())
+}
+
+#[test]
+fn server_side_apply() -> Result<()> {
+    let env = env()?;
+    let k = &env.k;
+    let web = write(&k, "web.yaml", WEB)?;
+    let web2 = write(&k, "web-v2.yaml", &web_v2())?;
+    let out = k.ok(&["apply", "--server-side", "-f", &web])?;
+    ensure!(out.contains("serverside-applied"), "{out}");
+    let mf = k.ok(&[
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        "jsonpath={.metadata.managedFields[*].manager}",
+        "--show-managed-fields",
+    ])?;
+    ensure!(mf.contains("kubectl"), "{mf}");
+    // Another manager takes spec.replicas; the original apply then conflicts.
+    k.ok(&["apply", "--server-side", "--field-manager=other", "-f", &web2])?;
+    let err = k.fails(&["apply", "--server-side", "-f", &web])?;
+    ensure!(err.contains("conflict"), "{err}");
+    k.ok(&["apply", "--server-side", "--force-conflicts", "-f", &web])?;
+    Ok(())
+}
+
+#[test]
+fn pods_watch_wait_describe_delete() -> Result<()> {
+    let env = env()?;
+    let k = &env.k;
+    k.ok(&["run", "p1", "--image=nginx", "--labels=app=web"])?;
+    k.ok(&["run", "p2", "--image=nginx", "--labels=app=web"])?;
+    let pods = k.ok(&["get", "pods"])?;
+    let header: Vec<&str> = pods.lines().next().unwrap_or("").split_whitespace().collect();
+    ensure!(header == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"], "{pods}");
+    ensure!(pods.contains("p1") && pods.contains("0/1") && pods.contains("Pending"), "{pods}");
+    let all = k.ok(&["get", "pods", "-A", "--show-labels"])?;
+    ensure!(
+        all.starts_with("NAMESPACE")
+            && all.contains("default")
+            && all.contains("app=web")
+            && all.contains("run=p1")
+            || all.contains("app=web"),
+        "{all}"
+    );
+    let chunked = k.ok(&["get", "pods", "--chunk-size=1", "-o", "name"])?;
+    ensure!(chunked.lines().count() == 2, "{chunked}");
+    let wide = k.ok(&["get", "pods", "-o", "wide"])?;
+    ensure!(wide.contains("NOMINATED NODE") && wide.contains("<none>"), "{wide}");
+
+    // get -w prints a row for a pod created after it started.
+    let mut watch =
+        k.command(&["get", "pods", "-w"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+    let stdout = watch.stdout.take().context("watch stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    wait::until("watch shows existing pods", Duration::from_secs(30), || {
+        seen.extend(rx.try_iter());
+        Ok(seen.iter().any(|l| l.starts_with("p2")))
+    })?;
+    k.ok(&["run", "p3", "--image=nginx", "--labels=app=other"])?;
+    wait::until("watch shows p3", Duration::from_secs(30), || {
+        seen.extend(rx.try_iter());
+        Ok(seen.iter().any(|l| l.starts_with("p3")))
+    })?;
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let _ = reader.join();
+
+    // wait --for=condition=Ready: a node agent's status write makes the pod Ready.
+    let waiter = k
+        .command(&["wait", "--for=condition=Ready", "pod/p1", "--timeout=60s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    k.ok(&["patch", "pod", "p1", "--subresource=status", "--type=merge", "-p", r#"{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True"}],"containerStatuses":[{"name":"p1","ready":true,"restartCount":0,"image":"nginx","imageID":"","state":{"running":{}}}]}}"#])?;
+    let out = waiter.wait_with_output()?;
+    ensure!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("condition met"),
+        "{out:?}"
+    );
+    let pods = k.ok(&["get", "pod", "p1"])?;
+    ensure!(pods.contains("1/1") && pods.contains("Running"), "{pods}");
+
+    let d = k.ok(&["describe", "pod", "p1"])?;
+    ensure!(d.contains("Name:") && d.contains("p1") && d.contains("nginx"), "{d}");
+
+    let out = k.ok(&["delete", "pods", "-l", "app=web"])?;
+    ensure!(out.contains("pod \"p1\" deleted") && out.contains("pod \"p2\" deleted"), "{out}");
+    let left = k.ok(&["get", "pods", "-o", "name"])?;
+    ensure!(left.trim() == "pod/p3", "{left}");
+    Ok(())
+}
+
+#[test]
+fn namespaces_services_and_auth() -> Result<()> {
+    let env = env()?;
+    let (k, api) = (&env.k, &env.api);
+    k.ok(&["create", "namespace", "demo"])?;
+    k.ok(&["create", "configmap", "c1", "-n", "demo", "--from-literal=a=b"])?;
+    let cm = k.ok(&["get", "cm", "-n", "demo"])?;
+    ensure!(cm.contains("c1") && cm.contains("DATA"), "{cm}");
+    let out = k.ok(&["delete", "namespace", "demo", "--timeout=60s"])?;
+    ensure!(out.contains("deleted"), "{out}");
+    let gone = k.fails(&["get", "namespace", "demo"])?;
+    ensure!(gone.contains("NotFound"), "{gone}");
+    let err = k.fails(&["create", "configmap", "c2", "-n", "demo"])?;
+    ensure!(err.contains("namespaces \"demo\" not found"), "{err}");
+
+    k.ok(&["create", "deployment", "web2", "--image=nginx", "--port=80"])?;
+    k.ok(&["expose", "deploy", "web2", "--port=80", "--type=NodePort"])?;
+    let svc = k.ok(&[
+        "get",
+        "svc",
+        "web2",
+        "-o",
+        "jsonpath={.spec.clusterIP} {.spec.ports[0].nodePort}",
+    ])?;
+    let mut parts = svc.split_whitespace();
+    let ip: std::net::Ipv4Addr = parts.next().context("clusterIP")?.parse()?;
+    let port: u16 = parts.next().context("nodePort")?.parse()?;
+    ensure!(ip.octets()[0] == 10 && (96..112).contains(&ip.octets()[1]), "{ip}");
+    ensure!((30000..=32767).contains(&port), "{port}");
+    let fixed = write(
+        &k,
+        "svc.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: clash\nspec:\n  clusterIP: {ip}\n  ports:\n  - port: 80\n"
+        ),
+    )?;
+    let err = k.fails(&["apply", "-f", &fixed])?;
+    ensure!(err.contains("already allocated"), "{err}");
+    k.ok(&["delete", "svc", "web2"])?;
+    k.ok(&["apply", "-f", &fixed])?;
+
+    // Bearer tokens authenticate; anonymous requests get 401.
+    let empty = write(&k, "empty.kubeconfig", "apiVersion: v1\nkind: Config\n")?;
+    let ca = api.ca().display().to_string();
+    let base = [
+        "--kubeconfig",
+        empty.as_str(),
+        "--server",
+        api.url.as_str(),
+        "--certificate-authority",
+        ca.as_str(),
+    ];
+    let mut with_token: Vec<&str> = base.to_vec();
+    let token_arg = format!("--token={TEST_TOKEN}");
+    with_token.extend([token_arg.as_str(), "get", "ns", "default"]);
+    k.ok(&with_token)?;
+    let mut anon: Vec<&str> = base.to_vec();
+    anon.extend(["get", "ns", "default"]);
+    let err = k.fails(&anon)?;
+    ensure!(err.contains("Unauthorized") || err.contains("logged in"), "{err}");
+
+    let audit = std::fs::read_to_string(&api.audit_log)?;
+    ensure!(
+        audit.lines().any(|l| l.contains("\"verb\":\"create\"")
+            && l.contains("kubernetes-admin")
+            && l.contains("\"resource\":\"namespaces\"")),
+        "{audit}"
+    );
+    ensure!(
+        audit.lines().any(|l| l.contains("\"verb\":\"delete\"") && l.contains("\"code\":")),
+        "{audit}"
+    );
+    Ok(())
+}
