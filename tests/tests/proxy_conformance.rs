@@ -56,6 +56,7 @@ enum Cond {
 struct Svc {
     name: String,
     vip: Ipv4Addr,
+    external_ips: Vec<Ipv4Addr>,
     endpoints: Vec<(usize, Cond)>,
     affinity: bool,
 }
@@ -64,6 +65,7 @@ fn svc(name: &str, vip: [u8; 4], endpoints: &[usize]) -> Svc {
     Svc {
         name: name.to_owned(),
         vip: Ipv4Addr::from(vip),
+        external_ips: Vec::new(),
         endpoints: endpoints.iter().map(|i| (*i, Cond::Ready)).collect(),
         affinity: false,
     }
@@ -78,6 +80,10 @@ fn objects(services: &[Svc]) -> Vec<Value> {
         });
         if s.affinity {
             spec["sessionAffinity"] = json!("ClientIP");
+        }
+        if !s.external_ips.is_empty() {
+            spec["externalIPs"] =
+                json!(s.external_ips.iter().map(ToString::to_string).collect::<Vec<_>>());
         }
         out.push(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": s.name, "namespace": "conf"}, "spec": spec}));
         let endpoints: Vec<Value> = s
@@ -282,6 +288,24 @@ fn udp_works_both_ways(h: &mut Harness) -> Result<()> {
     Ok(())
 }
 
+/// An external IP is a frontend too, for TCP and UDP, and the client sees it as the peer.
+fn external_ip_is_balanced_like_the_cluster_ip(h: &mut Harness) -> Result<()> {
+    let ext = Ipv4Addr::new(192, 0, 2, 10);
+    let mut s = svc("web", [10, 96, 0, 10], &[0, 1, 2, 3]);
+    s.external_ips.push(ext);
+    h.sync(&[s])?;
+    let words = h.topo.probe().ok(&format!("tcp {ext} 80 40"))?;
+    let spread = counts(&words[0].split(',').map(str::to_owned).collect::<Vec<_>>());
+    ensure!(spread.len() > 1, "balanced over backends: {spread:?}");
+    ensure!(words[1] == format!("peer={ext}:80"), "{words:?}");
+    let words = h.topo.probe().ok(&format!("udp {ext} 80 10"))?;
+    ensure!(
+        words[1] == format!("from={ext}:80"),
+        "UDP replies come from the external IP: {words:?}"
+    );
+    Ok(())
+}
+
 /// A removed endpoint gets no new connections (within 1 s of the sync).
 fn removed_endpoint_gets_no_new_connections(h: &mut Harness) -> Result<()> {
     h.sync(&[svc("web", [10, 96, 0, 10], &[0, 1, 2, 3])])?;
@@ -371,6 +395,39 @@ fn map_full_is_an_error_and_a_metric(h: &mut Harness) -> Result<()> {
     Ok(())
 }
 
+/// Everything a test creates is gone after it, also when it panics half-way.
+fn cleanup_after_panic(mode: Mode) {
+    let name = "cleanup_after_panic";
+    if !privileged::privileged(name) || !privileged::tools(name, &["ip", "iptables"]) {
+        return;
+    }
+    let mut paths = Vec::new();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut h = Harness::new(mode, 2, LbMapSizes::default()).expect("topology");
+        h.sync(&[svc("web", [10, 96, 0, 10], &[0, 1])]).expect("sync");
+        paths.push(h.topo.cgroup.path.clone());
+        paths.push(h.topo.client.path().to_owned());
+        paths.push(h.topo.node.path().to_owned());
+        paths.push(h.topo.backend.path().to_owned());
+        paths.extend(h.pin_root.parent().map(std::path::Path::to_owned));
+        panic!("deliberate failure with the data plane programmed");
+    }));
+    assert!(result.is_err());
+    for p in &paths {
+        assert!(!p.exists(), "{} left behind", p.display());
+    }
+}
+
+#[test]
+fn ebpf_cleanup_after_panic() {
+    cleanup_after_panic(Mode::Ebpf);
+}
+
+#[test]
+fn iptables_cleanup_after_panic() {
+    cleanup_after_panic(Mode::Iptables);
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod ebpf {
@@ -390,6 +447,7 @@ conformance!(
     client_ip_affinity_is_stable,
     getpeername_shows_the_service_address,
     udp_works_both_ways,
+    external_ip_is_balanced_like_the_cluster_ip,
     removed_endpoint_gets_no_new_connections,
     service_without_endpoints_refuses,
     terminating_endpoint_keeps_existing_connections,
