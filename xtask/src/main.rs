@@ -23,6 +23,9 @@ enum Task {
     Ci,
     /// The main job (today: the eBPF and container proofs; see README).
     Demo,
+    /// Internal to `bench dataplane`: sequential TCP connects to ADDR, prints latency percentiles.
+    #[command(hide = true)]
+    ConnectLatency { addr: std::net::SocketAddr, count: usize },
     /// Benchmarks that write docs/benchmarks/<area>.{md,json}.
     Bench {
         #[command(subcommand)]
@@ -43,6 +46,9 @@ fn main() -> ExitCode {
         Task::Images => xtask::images::build_images(),
         Task::Ci => xtask::ci::run_ci(),
         Task::Demo => xtask::demo::run_demo(),
+        Task::ConnectLatency { addr, count } => {
+            xtask::bench_dataplane::connect_latency(addr, count)
+        }
         Task::Bench { area: BenchArea::Dataplane(args) } => {
             xtask::bench_dataplane::run_dataplane(&args)
         }
