@@ -418,6 +418,26 @@ fn cleanup_after_panic(mode: Mode) {
     }
 }
 
+/// eBPF only (iptables leaves this to the kernel's conntrack): the socket reverse-NAT entries of
+/// a removed Service are garbage-collected, and the count shows on /metrics.
+#[test]
+fn ebpf_gc_removes_reverse_nat_entries_of_removed_services() {
+    let name = "ebpf_gc_removes_reverse_nat_entries_of_removed_services";
+    if !privileged::privileged(name) {
+        return;
+    }
+    let mut h = Harness::new(Mode::Ebpf, 2, LbMapSizes::default()).expect("topology");
+    h.sync(&[svc("dns", [10, 96, 0, 10], &[0, 1])]).unwrap();
+    h.topo.probe().ok(&format!("udp {VIP} 80 5")).unwrap();
+    h.sync(&[]).unwrap();
+    let Some(Backend::Ebpf(p)) = h.backend.as_mut() else { panic!("eBPF mode") };
+    let removed = p.gc().unwrap();
+    assert!(removed >= 5, "one entry per UDP socket: {removed}");
+    assert_eq!(p.gc().unwrap(), 0, "nothing left to collect");
+    let m = h.metrics();
+    assert!(m.contains(&format!("skiff_proxy_gc_removed_total {removed}")), "{m}");
+}
+
 #[test]
 fn ebpf_cleanup_after_panic() {
     cleanup_after_panic(Mode::Ebpf);
