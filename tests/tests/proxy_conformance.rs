@@ -10,14 +10,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
-use skiff_agent::kernel::bpf_lb::LbMapSizes;
+use skiff_agent::kernel::bpf_lb::{LbMapSizes, TcNodePort};
 use skiff_agent::kernel::iptables::{Iptables, IptablesBackend};
 use skiff_agent::proxy::ebpf::{EbpfConfig, EbpfProxier};
 use skiff_agent::proxy::iptables::{IptablesConfig, IptablesProxier};
 use skiff_agent::proxy::source::{Object, parse_objects};
 use skiff_agent::proxy::tracker::ServiceTracker;
 use skiff_agent::proxy::{DesiredState, Proxier, SyncReport};
-use skiff_e2e::dataplane::{BACKEND_PORT, Topology, backend_ip};
+use skiff_e2e::dataplane::{BACKEND_PORT, NODE_CLIENT_SIDE, Topology, backend_ip};
 use skiff_e2e::{privileged, unique_tag, wait};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +76,9 @@ fn objects(services: &[Svc]) -> Vec<Value> {
     for s in services {
         let mut spec = json!({
             "clusterIP": s.vip.to_string(),
-            "ports": [{"name": "tcp", "port": 80, "protocol": "TCP"}, {"name": "udp", "port": 80, "protocol": "UDP"}],
+            "ports": [{"name": "tcp", "port": 80, "protocol": "TCP", "nodePort": NODE_PORT},
+                      {"name": "udp", "port": 80, "protocol": "UDP", "nodePort": NODE_PORT}],
+            "type": "NodePort",
         });
         if s.affinity {
             spec["sessionAffinity"] = json!("ClientIP");
@@ -126,6 +128,8 @@ fn desired(services: &[Svc]) -> Result<DesiredState> {
 
 struct Harness {
     mode: Mode,
+    /// eBPF mode: the tc NodePort programs on the node's interfaces.
+    nodeport: Option<TcNodePort>,
     // Drop order: the proxier (its Drop below cleans up), then the topology.
     backend: Option<Backend>,
     topo: Topology,
@@ -145,7 +149,7 @@ impl Harness {
         let bpffs = std::env::temp_dir().join(format!("skiff-test-{tag}-bpf"));
         skiff_agent::kernel::bpf_lb::ensure_bpffs(&bpffs)?;
         let pin_root = bpffs.join("skiff");
-        let mut h = Harness { mode, backend: None, topo, pin_root, sizes };
+        let mut h = Harness { mode, nodeport: None, backend: None, topo, pin_root, sizes };
         h.start()?;
         Ok(h)
     }
@@ -166,6 +170,16 @@ impl Harness {
                 Backend::Iptables(IptablesProxier::start(ipt, IptablesConfig::default())?)
             }
         });
+        // After the socket LB: its maps (sized from the flags) are the ones the tc programs adopt.
+        if self.mode == Mode::Ebpf && self.nodeport.is_none() {
+            let (pin_root, ext, sizes) =
+                (self.pin_root.clone(), self.topo.node_client_dev(), self.sizes);
+            self.nodeport = Some(
+                self.topo
+                    .node
+                    .run(move || TcNodePort::attach(&pin_root, sizes, NODE_CLIENT_SIDE, &ext))??,
+            );
+        }
         Ok(())
     }
 
@@ -193,6 +207,7 @@ impl Harness {
 
 impl Drop for Harness {
     fn drop(&mut self) {
+        self.nodeport = None;
         match self.backend.take() {
             Some(Backend::Ebpf(p)) => {
                 let _ = p.cleanup(&self.pin_root);
@@ -220,6 +235,7 @@ fn counts(ids: &[String]) -> BTreeMap<String, usize> {
 }
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const NODE_PORT: u16 = 30080;
 
 fn run(mode: Mode, name: &str, test: fn(&mut Harness) -> Result<()>) {
     let full = format!("{mode:?}::{name}");
@@ -303,6 +319,26 @@ fn external_ip_is_balanced_like_the_cluster_ip(h: &mut Harness) -> Result<()> {
         words[1] == format!("from={ext}:80"),
         "UDP replies come from the external IP: {words:?}"
     );
+    Ok(())
+}
+
+/// NodePort from an "external" namespace (the client does not go through socket LB for the
+/// node's own address): TCP is balanced and answered from the node address, UDP both ways.
+fn node_port_from_outside(h: &mut Harness) -> Result<()> {
+    h.sync(&[svc("web", [10, 96, 0, 10], &[0, 1, 2, 3])])?;
+    let node = NODE_CLIENT_SIDE;
+    let words = h.topo.probe().ok(&format!("tcp {node} {NODE_PORT} 40"))?;
+    let spread = counts(&words[0].split(',').map(str::to_owned).collect::<Vec<_>>());
+    ensure!(spread.len() > 1, "balanced over backends: {spread:?}");
+    ensure!(words[1] == format!("peer={node}:{NODE_PORT}"), "{words:?}");
+    let words = h.topo.probe().ok(&format!("udp {node} {NODE_PORT} 10"))?;
+    ensure!(
+        words[1] == format!("from={node}:{NODE_PORT}"),
+        "UDP replies come from the node: {words:?}"
+    );
+    if let Some(np) = &h.nodeport {
+        ensure!(np.conntrack_entries()? >= 2 * 50, "the tc program tracked every flow both ways");
+    }
     Ok(())
 }
 
@@ -468,6 +504,7 @@ conformance!(
     getpeername_shows_the_service_address,
     udp_works_both_ways,
     external_ip_is_balanced_like_the_cluster_ip,
+    node_port_from_outside,
     removed_endpoint_gets_no_new_connections,
     service_without_endpoints_refuses,
     terminating_endpoint_keeps_existing_connections,

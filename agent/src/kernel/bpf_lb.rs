@@ -559,3 +559,86 @@ pub fn remove_pins(pin_root: &Path) -> Result<(), LbError> {
         source,
     })
 }
+
+/// `ebpf/tc_nodeport.c`: per-packet NodePort DNAT with an LRU conntrack and reverse NAT.
+pub static TC_NODEPORT_OBJ: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc_nodeport.o"));
+
+const NODEPORT_OBJECT: &str = "tc_nodeport.o";
+
+/// The tc NodePort programs, sharing `svc4`/`be4` with the socket LB through the same pin
+/// directory. Dropping it detaches them (the links are owned, not pinned, for now).
+pub struct TcNodePort {
+    ebpf: Ebpf,
+    _links: Vec<aya::programs::tc::SchedClassifierLinkId>,
+}
+
+impl std::fmt::Debug for TcNodePort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcNodePort").finish_non_exhaustive()
+    }
+}
+
+impl TcNodePort {
+    /// Loads the programs for a node whose NodePort address is `node_ip`, with maps pinned
+    /// under `<pin_root>/v<LB_LAYOUT>`, and attaches `nodeport_in` to the ingress and
+    /// `nodeport_reply` to the egress of `external_if` (reverse NAT on the way out: a packet
+    /// with the node's own source address would be dropped as martian if rewritten on ingress).
+    /// Interface names are resolved in the calling thread's network namespace.
+    pub fn attach(
+        pin_root: &Path,
+        sizes: LbMapSizes,
+        node_ip: Ipv4Addr,
+        external_if: &str,
+    ) -> Result<Self, LbError> {
+        use aya::programs::tc::TcAttachOptions;
+        use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
+
+        let pin_dir = pin_root.join(format!("v{LB_LAYOUT}"));
+        fs::create_dir_all(&pin_dir).map_err(|source| LbError::Io {
+            op: "create pin directory",
+            path: pin_dir.clone(),
+            source,
+        })?;
+        let node_ip_be = u32::from(node_ip).to_be();
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&pin_dir)
+            .map_max_entries("svc4", sizes.services)
+            .map_max_entries("be4", sizes.backends)
+            .override_global("NODE_IP", &node_ip_be, true)
+            .load(TC_NODEPORT_OBJ)
+            .map_err(|source| BpfError::Load { object: NODEPORT_OBJECT, source })?;
+        let mut links = Vec::new();
+        for (name, direction) in
+            [("nodeport_in", TcAttachType::Ingress), ("nodeport_reply", TcAttachType::Egress)]
+        {
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(BpfError::Missing { object: NODEPORT_OBJECT, what: "program", name })?
+                .try_into()
+                .map_err(|source| BpfError::Program { program: name, source })?;
+            program.load().map_err(|source| BpfError::Program { program: name, source })?;
+            let link = program
+                .attach_with_options(
+                    external_if,
+                    direction,
+                    TcAttachOptions::TcxOrder(LinkOrder::first()),
+                )
+                .map_err(|source| BpfError::Program { program: name, source })?;
+            links.push(link);
+        }
+        Ok(TcNodePort { ebpf, _links: links })
+    }
+
+    /// Flows in the conntrack map (both directions).
+    pub fn conntrack_entries(&self) -> Result<usize, LbError> {
+        let map = self.ebpf.map("ct4").ok_or(BpfError::Missing {
+            object: NODEPORT_OBJECT,
+            what: "map",
+            name: "ct4",
+        })?;
+        let ct: HashMap<&MapData, [u8; 16], [u8; 24]> =
+            HashMap::try_from(map).map_err(|source| LbError::Map { map: "ct4", source })?;
+        Ok(ct.keys().flatten().count())
+    }
+}

@@ -110,8 +110,10 @@ pub fn contribution(sp: &ServicePort, ids: &mut Ids) -> LbState {
         Some(t) => (SVC_FLAG_AFFINITY, t),
         None => (0, 0),
     };
-    for vip in sp.frontends() {
-        let key = SvcKey::new(vip, sp.port, proto, 0);
+    // NodePort frontends use address 0 (any node address), read by the tc NodePort program.
+    let node_port = sp.node_port.map(|np| (Ipv4Addr::UNSPECIFIED, np));
+    for (vip, port) in sp.frontends().into_iter().map(|v| (v, sp.port)).chain(node_port) {
+        let key = SvcKey::new(vip, port, proto, 0);
         let next = &mut ids.next_svc;
         let svc_id = *ids.svc.entry(key).or_insert_with(|| {
             *next += 1;
