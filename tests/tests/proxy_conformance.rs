@@ -59,6 +59,9 @@ struct Svc {
     external_ips: Vec<Ipv4Addr>,
     endpoints: Vec<(usize, Cond)>,
     affinity: bool,
+    /// `externalTrafficPolicy: Local`; backends with an index in `local` run on this node.
+    external_local: bool,
+    local: Vec<usize>,
 }
 
 fn svc(name: &str, vip: [u8; 4], endpoints: &[usize]) -> Svc {
@@ -66,6 +69,8 @@ fn svc(name: &str, vip: [u8; 4], endpoints: &[usize]) -> Svc {
         name: name.to_owned(),
         vip: Ipv4Addr::from(vip),
         external_ips: Vec::new(),
+        external_local: false,
+        local: Vec::new(),
         endpoints: endpoints.iter().map(|i| (*i, Cond::Ready)).collect(),
         affinity: false,
     }
@@ -83,6 +88,9 @@ fn objects(services: &[Svc]) -> Vec<Value> {
         if s.affinity {
             spec["sessionAffinity"] = json!("ClientIP");
         }
+        if s.external_local {
+            spec["externalTrafficPolicy"] = json!("Local");
+        }
         if !s.external_ips.is_empty() {
             spec["externalIPs"] =
                 json!(s.external_ips.iter().map(ToString::to_string).collect::<Vec<_>>());
@@ -98,7 +106,8 @@ fn objects(services: &[Svc]) -> Vec<Value> {
                         json!({"ready": false, "serving": true, "terminating": true})
                     }
                 };
-                json!({"addresses": [backend_ip(*i).to_string()], "conditions": conditions})
+                let node = if s.local.contains(i) { "node" } else { "other-node" };
+                json!({"addresses": [backend_ip(*i).to_string()], "conditions": conditions, "nodeName": node})
             })
             .collect();
         out.push(json!({
@@ -342,6 +351,22 @@ fn node_port_from_outside(h: &mut Harness) -> Result<()> {
     Ok(())
 }
 
+/// `externalTrafficPolicy: Local`: NodePort traffic from outside reaches only the endpoints on
+/// this node; the ClusterIP still reaches all of them.
+fn external_traffic_policy_local(h: &mut Harness) -> Result<()> {
+    let mut s = svc("web", [10, 96, 0, 10], &[0, 1, 2, 3]);
+    s.external_local = true;
+    s.local = vec![1, 2];
+    h.sync(&[s])?;
+    let words = h.topo.probe().ok(&format!("tcp {NODE_CLIENT_SIDE} {NODE_PORT} 40"))?;
+    let spread = counts(&words[0].split(',').map(str::to_owned).collect::<Vec<_>>());
+    ensure!(spread.keys().all(|b| b == "b1" || b == "b2"), "only local endpoints: {spread:?}");
+    ensure!(spread.len() == 2, "both local endpoints used: {spread:?}");
+    let all = counts(&h.tcp(VIP, 60)?);
+    ensure!(all.len() == 4, "the ClusterIP uses every endpoint: {all:?}");
+    Ok(())
+}
+
 /// A removed endpoint gets no new connections (within 1 s of the sync).
 fn removed_endpoint_gets_no_new_connections(h: &mut Harness) -> Result<()> {
     h.sync(&[svc("web", [10, 96, 0, 10], &[0, 1, 2, 3])])?;
@@ -505,6 +530,7 @@ conformance!(
     udp_works_both_ways,
     external_ip_is_balanced_like_the_cluster_ip,
     node_port_from_outside,
+    external_traffic_policy_local,
     removed_endpoint_gets_no_new_connections,
     service_without_endpoints_refuses,
     terminating_endpoint_keeps_existing_connections,

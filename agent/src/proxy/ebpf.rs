@@ -98,11 +98,18 @@ pub fn contribution(sp: &ServicePort, ids: &mut Ids) -> LbState {
         }
         id
     };
-    let slots: Vec<u32> = sp
-        .usable_endpoints()
-        .iter()
-        .map(|e| backend_id(e.ip, e.port, BACKEND_ACTIVE, &mut state))
-        .collect();
+    let usable = sp.usable_endpoints();
+    let slots: Vec<u32> =
+        usable.iter().map(|e| backend_id(e.ip, e.port, BACKEND_ACTIVE, &mut state)).collect();
+    // externalTrafficPolicy: Local: traffic from outside (the tc NodePort path) goes only to
+    // endpoints on this node, so the client address is kept (no SNAT). Local sockets (socket
+    // LB, ClusterIP and external IPs) still use every endpoint, as kube-proxy does for LOCAL
+    // traffic.
+    let external_slots: Vec<u32> = if sp.external_local {
+        usable.iter().zip(&slots).filter(|(e, _)| e.local).map(|(_, id)| *id).collect()
+    } else {
+        slots.clone()
+    };
     for e in sp.draining_endpoints() {
         backend_id(e.ip, e.port, BACKEND_TERMINATING, &mut state);
     }
@@ -114,6 +121,7 @@ pub fn contribution(sp: &ServicePort, ids: &mut Ids) -> LbState {
     let node_port = sp.node_port.map(|np| (Ipv4Addr::UNSPECIFIED, np));
     for (vip, port) in sp.frontends().into_iter().map(|v| (v, sp.port)).chain(node_port) {
         let key = SvcKey::new(vip, port, proto, 0);
+        let slots = if vip.is_unspecified() { &external_slots } else { &slots };
         let next = &mut ids.next_svc;
         let svc_id = *ids.svc.entry(key).or_insert_with(|| {
             *next += 1;
