@@ -153,6 +153,7 @@ static __always_inline int nodeport_forward(struct __sk_buff *skb)
 	key.proto = f.proto;
 	ct = bpf_map_lookup_elem(&ct4, &key);
 	if (ct) {
+		ct->last_ns = bpf_ktime_get_ns(); /* idle time for the agent's GC */
 		val = *ct;
 	} else {
 		if (svc->count == 0)
@@ -200,6 +201,7 @@ static __always_inline int nodeport_reverse(struct __sk_buff *skb)
 	ct = bpf_map_lookup_elem(&ct4, &key);
 	if (!ct)
 		return SKIFF_TCX_NEXT;
+	ct->last_ns = bpf_ktime_get_ns();
 	if (rewrite(skb, &f, IP_SRC_OFF, f.saddr, ct->addr, offsetof(struct tcphdr, source), f.sport, ct->port))
 		return SKIFF_TCX_DROP;
 	return SKIFF_TCX_NEXT;

@@ -345,8 +345,12 @@ fn node_port_from_outside(h: &mut Harness) -> Result<()> {
         words[1] == format!("from={node}:{NODE_PORT}"),
         "UDP replies come from the node: {words:?}"
     );
-    if let Some(np) = &h.nodeport {
-        ensure!(np.conntrack_entries()? >= 2 * 50, "the tc program tracked every flow both ways");
+    if let Some(np) = &mut h.nodeport {
+        let tracked = np.conntrack_entries()?;
+        ensure!(tracked >= 2 * 50, "the tc program tracked every flow both ways: {tracked}");
+        ensure!(np.gc(Duration::from_secs(3600))? == 0, "no flow is an hour old");
+        ensure!(np.gc(Duration::ZERO)? == tracked, "idle GC removes every entry");
+        ensure!(np.conntrack_entries()? == 0);
     }
     Ok(())
 }

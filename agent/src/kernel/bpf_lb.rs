@@ -630,6 +630,42 @@ impl TcNodePort {
         Ok(TcNodePort { ebpf, _links: links })
     }
 
+    /// Removes conntrack entries idle for longer than `idle` (by the `last_ns` the programs
+    /// refresh on every packet, `bpf_ktime_get_ns` = `CLOCK_MONOTONIC`). Returns how many.
+    pub fn gc(&mut self, idle: std::time::Duration) -> Result<usize, LbError> {
+        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_err(|e| {
+            LbError::Io {
+                op: "clock_gettime",
+                path: PathBuf::new(),
+                source: io::Error::from_raw_os_error(e as i32),
+            }
+        })?;
+        let now_ns = u64::try_from(now.tv_sec()).unwrap_or(0) * 1_000_000_000
+            + u64::try_from(now.tv_nsec()).unwrap_or(0);
+        let idle_ns = u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX);
+        let map = self.ebpf.map_mut("ct4").ok_or(BpfError::Missing {
+            object: NODEPORT_OBJECT,
+            what: "map",
+            name: "ct4",
+        })?;
+        let mut ct: HashMap<&mut MapData, [u8; 16], [u8; 24]> =
+            HashMap::try_from(map).map_err(|source| LbError::Map { map: "ct4", source })?;
+        let stale: Vec<[u8; 16]> = ct
+            .iter()
+            .flatten()
+            .filter(|(_, v)| {
+                let mut last = [0u8; 8];
+                last.copy_from_slice(&v[16..24]);
+                now_ns.saturating_sub(u64::from_ne_bytes(last)) >= idle_ns
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for k in &stale {
+            ignore_missing(ct.remove(k)).map_err(map_err("ct4"))?;
+        }
+        Ok(stale.len())
+    }
+
     /// Flows in the conntrack map (both directions).
     pub fn conntrack_entries(&self) -> Result<usize, LbError> {
         let map = self.ebpf.map("ct4").ok_or(BpfError::Missing {
