@@ -348,7 +348,7 @@ fn node_port_from_outside(h: &mut Harness) -> Result<()> {
     if let Some(np) = &mut h.nodeport {
         let tracked = np.conntrack_entries()?;
         ensure!(tracked >= 2 * 50, "the tc program tracked every flow both ways: {tracked}");
-        ensure!(np.gc(Duration::from_secs(3600))? == 0, "no flow is an hour old");
+        ensure!(np.gc(Duration::from_hours(1))? == 0, "no flow is an hour old");
         ensure!(np.gc(Duration::ZERO)? == tracked, "idle GC removes every entry");
         ensure!(np.conntrack_entries()? == 0);
     }
