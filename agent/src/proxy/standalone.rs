@@ -48,6 +48,10 @@ pub struct StandaloneConfig {
     pub churn_interval: Duration,
     pub healthz: Option<SocketAddr>,
     pub gc_interval: Duration,
+    /// eBPF mode: attach the tc NodePort programs to this interface, for this node address.
+    pub nodeport: Option<(String, std::net::Ipv4Addr)>,
+    /// NodePort conntrack entries idle this long are removed by the GC.
+    pub conntrack_idle: Duration,
 }
 
 /// What `--once` reports (printed as JSON by the binary).
@@ -195,6 +199,13 @@ pub fn run(cfg: &StandaloneConfig) -> Result<Option<RunReport>, ProxyError> {
             .map_err(|source| source::SourceError::Io { what: format!("bind {addr}"), source })?;
         serve_health(listener, Arc::clone(&state));
     }
+    // The tc programs share the socket LB's pinned maps; their links live as long as this loop.
+    let mut nodeport = match (&cfg.nodeport, cfg.mode) {
+        (Some((iface, ip)), Mode::Ebpf) => {
+            Some(bpf_lb::TcNodePort::attach(&cfg.pin_root, cfg.map_sizes, *ip, iface)?)
+        }
+        _ => None,
+    };
     let mut health_checks = HealthCheckServer::new(None);
     health_checks.update(&desired);
     let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
@@ -232,6 +243,15 @@ pub fn run(cfg: &StandaloneConfig) -> Result<Option<RunReport>, ProxyError> {
                     }
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "gc failed"),
+                }
+                if let Some(np) = nodeport.as_mut() {
+                    match np.gc(cfg.conntrack_idle) {
+                        Ok(n) if n > 0 => {
+                            tracing::info!(removed = n, "garbage-collected idle NodePort flows");
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "conntrack gc failed"),
+                    }
                 }
             }
         }
