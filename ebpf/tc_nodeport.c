@@ -63,6 +63,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ct4 SEC(".maps");
 
+/* Shared with sock_lb.c (which defines it too, so whichever loads first creates the pin). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct lb4_maglev_row);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} maglev4 SEC(".maps");
+
 #define IP_CSUM_OFF (ETH_HLEN + offsetof(struct iphdr, check))
 #define IP_DST_OFF (ETH_HLEN + offsetof(struct iphdr, daddr))
 #define IP_SRC_OFF (ETH_HLEN + offsetof(struct iphdr, saddr))
@@ -129,6 +139,18 @@ static __always_inline int rewrite(struct __sk_buff *skb, const struct flow *f, 
 	return 0;
 }
 
+/* A per-flow hash that is the same on every node (no per-boot seed). */
+static __always_inline __u32 flow_hash(const struct flow *f)
+{
+	__u64 h = ((__u64)f->saddr << 32) | f->daddr;
+
+	h ^= (((__u64)f->sport << 24) | ((__u64)f->dport << 8) | f->proto) * 0x9e3779b97f4a7c15ULL;
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdULL;
+	h ^= h >> 33;
+	return (__u32)h;
+}
+
 static __always_inline int nodeport_forward(struct __sk_buff *skb)
 {
 	struct flow f = {};
@@ -158,11 +180,23 @@ static __always_inline int nodeport_forward(struct __sk_buff *skb)
 	} else {
 		if (svc->count == 0)
 			return SKIFF_TCX_DROP; /* no endpoints */
-		sk.slot = (__u16)(bpf_get_prandom_u32() % svc->count) + 1;
-		slot = bpf_map_lookup_elem(&svc4, &sk);
-		if (!slot)
-			return SKIFF_TCX_NEXT;
-		be = bpf_map_lookup_elem(&be4, &slot->id);
+		if (svc->flags & LB4_SVC_MAGLEV) {
+			__u32 svc_id = svc->id;
+			struct lb4_maglev_row *row = bpf_map_lookup_elem(&maglev4, &svc_id);
+			__u32 idx = flow_hash(&f) % LB4_MAGLEV_M;
+
+			/* clang drops a bound it can prove; the verifier needs to see it: hide idx. */
+			asm volatile("" : "+r"(idx));
+			if (!row || idx >= LB4_MAGLEV_M)
+				return SKIFF_TCX_NEXT;
+			be = bpf_map_lookup_elem(&be4, &row->backend_ids[idx]);
+		} else {
+			sk.slot = (__u16)(bpf_get_prandom_u32() % svc->count) + 1;
+			slot = bpf_map_lookup_elem(&svc4, &sk);
+			if (!slot)
+				return SKIFF_TCX_NEXT;
+			be = bpf_map_lookup_elem(&be4, &slot->id);
+		}
 		if (!be)
 			return SKIFF_TCX_NEXT;
 		val.addr = be->ip;

@@ -12,12 +12,14 @@ use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 use skiff_agent::kernel::bpf_lb::{LbMapSizes, TcNodePort};
 use skiff_agent::kernel::iptables::{Iptables, IptablesBackend};
+use skiff_agent::proxy::ebpf::MAGLEV_SEED;
 use skiff_agent::proxy::ebpf::{EbpfConfig, EbpfProxier};
 use skiff_agent::proxy::iptables::{IptablesConfig, IptablesProxier};
+use skiff_agent::proxy::maglev;
 use skiff_agent::proxy::source::{Object, parse_objects};
 use skiff_agent::proxy::tracker::ServiceTracker;
 use skiff_agent::proxy::{DesiredState, Proxier, SyncReport};
-use skiff_e2e::dataplane::{BACKEND_PORT, NODE_CLIENT_SIDE, Topology, backend_ip};
+use skiff_e2e::dataplane::{BACKEND_PORT, CLIENT_IP, NODE_CLIENT_SIDE, Topology, backend_ip};
 use skiff_e2e::{privileged, unique_tag, wait};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +61,8 @@ struct Svc {
     external_ips: Vec<Ipv4Addr>,
     endpoints: Vec<(usize, Cond)>,
     affinity: bool,
+    /// Annotation `service.skiff.io/lb-algorithm: maglev`.
+    maglev: bool,
     /// `externalTrafficPolicy: Local`; backends with an index in `local` run on this node.
     external_local: bool,
     local: Vec<usize>,
@@ -70,6 +74,7 @@ fn svc(name: &str, vip: [u8; 4], endpoints: &[usize]) -> Svc {
         vip: Ipv4Addr::from(vip),
         external_ips: Vec::new(),
         external_local: false,
+        maglev: false,
         local: Vec::new(),
         endpoints: endpoints.iter().map(|i| (*i, Cond::Ready)).collect(),
         affinity: false,
@@ -95,7 +100,10 @@ fn objects(services: &[Svc]) -> Vec<Value> {
             spec["externalIPs"] =
                 json!(s.external_ips.iter().map(ToString::to_string).collect::<Vec<_>>());
         }
-        out.push(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": s.name, "namespace": "conf"}, "spec": spec}));
+        let annotations =
+            if s.maglev { json!({"service.skiff.io/lb-algorithm": "maglev"}) } else { json!({}) };
+        out.push(json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": s.name, "namespace": "conf", "annotations": annotations}, "spec": spec}));
         let endpoints: Vec<Value> = s
             .endpoints
             .iter()
@@ -501,6 +509,35 @@ fn ebpf_gc_removes_reverse_nat_entries_of_removed_services() {
     assert_eq!(p.gc().unwrap(), 0, "nothing left to collect");
     let m = h.metrics();
     assert!(m.contains(&format!("skiff_proxy_gc_removed_total {removed}")), "{m}");
+}
+
+/// eBPF only (iptables has no Maglev): with the Maglev annotation every NodePort flow reaches
+/// exactly the backend the userspace table names for its hash, so every node maps it alike and
+/// a backend change moves only the flows the table moves (≈ 1/N, unit-tested in `maglev`).
+#[test]
+fn ebpf_nodeport_maglev_follows_the_table() {
+    let name = "ebpf_nodeport_maglev_follows_the_table";
+    if !privileged::privileged(name) {
+        return;
+    }
+    let mut h = Harness::new(Mode::Ebpf, 4, LbMapSizes::default()).expect("topology");
+    let mut s = svc("web", [10, 96, 0, 10], &[0, 1, 2, 3]);
+    s.maglev = true;
+    h.sync(&[s]).unwrap();
+    let names: Vec<String> = (0..4).map(|i| format!("{}:{BACKEND_PORT}", backend_ip(i))).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let table = maglev::build_table(&refs, MAGLEV_SEED, 1021);
+    let words = h.topo.probe().ok(&format!("tcpports {NODE_CLIENT_SIDE} {NODE_PORT} 40")).unwrap();
+    let mut seen = BTreeMap::new();
+    for flow in words[0].split(',') {
+        let (id, port) = flow.split_once(':').unwrap();
+        let port: u16 = port.parse().unwrap();
+        let hash = maglev::flow_hash(CLIENT_IP, NODE_CLIENT_SIDE, port, NODE_PORT, 6);
+        let want = format!("b{}", table[(hash % 1021) as usize]);
+        assert_eq!(id, want, "flow from port {port}");
+        *seen.entry(want).or_insert(0) += 1;
+    }
+    assert!(seen.len() > 1, "flows spread over backends: {seen:?}");
 }
 
 #[test]

@@ -32,6 +32,11 @@ pub const SOCK_PROGRAMS: [&str; 4] =
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const SVC_FLAG_AFFINITY: u16 = 1;
+pub const SVC_FLAG_MAGLEV: u16 = 2;
+/// `LB4_MAGLEV_M`: entries of a Maglev row.
+pub const MAGLEV_M: usize = 1021;
+/// Mirror of `struct lb4_maglev_row`: backend ids.
+pub type MaglevRow = [u32; MAGLEV_M];
 pub const BACKEND_ACTIVE: u8 = 0;
 pub const BACKEND_TERMINATING: u8 = 1;
 
@@ -281,6 +286,7 @@ pub struct SockLb {
     revnat: HashMap<MapData, u32, RevNat>,
     sock_revnat: HashMap<MapData, SkRevKey, SkRevVal>,
     affinity: HashMap<MapData, AffKey, AffVal>,
+    maglev: HashMap<MapData, u32, MaglevRow>,
     stats: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
 }
@@ -337,9 +343,21 @@ impl SockLb {
         let revnat = take(&mut ebpf, "revnat4")?;
         let sock_revnat = take(&mut ebpf, "sock_revnat4")?;
         let affinity = take(&mut ebpf, "affinity4")?;
+        let maglev = take(&mut ebpf, "maglev4")?;
         let stats = take(&mut ebpf, "lb_stats")?;
         let events = Some(take(&mut ebpf, "lb_events")?);
-        Ok(SockLb { ebpf, pin_dir, svc, backends, revnat, sock_revnat, affinity, stats, events })
+        Ok(SockLb {
+            ebpf,
+            pin_dir,
+            svc,
+            backends,
+            revnat,
+            sock_revnat,
+            affinity,
+            maglev,
+            stats,
+            events,
+        })
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -427,6 +445,12 @@ impl SockLb {
     }
     pub fn backend_entries(&self) -> Result<Vec<(u32, BackendVal)>, LbError> {
         self.backends.iter().collect::<Result<_, _>>().map_err(map_err("be4"))
+    }
+    pub fn maglev_insert(&mut self, svc_id: u32, row: &MaglevRow) -> Result<(), LbError> {
+        self.maglev.insert(svc_id, row, 0).map_err(map_err("maglev4"))
+    }
+    pub fn maglev_remove(&mut self, svc_id: u32) -> Result<(), LbError> {
+        ignore_missing(self.maglev.remove(&svc_id)).map_err(map_err("maglev4"))
     }
     pub fn revnat_insert(&mut self, id: u32, val: RevNat) -> Result<(), LbError> {
         self.revnat.insert(id, val, 0).map_err(map_err("revnat4"))

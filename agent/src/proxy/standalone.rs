@@ -491,6 +491,7 @@ mod health_check_tests {
             affinity_timeout_s: None,
             external_local: true,
             health_check_node_port: Some(port),
+            maglev: false,
             endpoints,
         };
         [((name, Protocol::Tcp), sp)].into_iter().collect()
