@@ -203,6 +203,7 @@ impl Harness {
     /// Drops the proxier without cleaning up, as an agent that exits, and starts a new one.
     fn restart(&mut self) -> Result<()> {
         self.backend = None;
+        self.nodeport = None;
         self.start()
     }
 
@@ -438,9 +439,14 @@ fn restart_keeps_established_connections(h: &mut Harness) -> Result<()> {
     h.sync(&services)?;
     let words = h.topo.probe().ok(&format!("hold {VIP} 80"))?;
     let (index, id) = (words[0].clone(), words[1].clone());
+    // A NodePort flow too (per-packet NAT in tc or iptables: needs the state to survive).
+    let words = h.topo.probe().ok(&format!("hold {NODE_CLIENT_SIDE} {NODE_PORT}"))?;
+    let (np_index, np_id) = (words[0].clone(), words[1].clone());
     h.restart()?;
     let echo = h.topo.probe().ok(&format!("ping {index}"))?;
     ensure!(echo == [id.as_str(), "ping"], "{echo:?}");
+    let echo = h.topo.probe().ok(&format!("ping {np_index}"))?;
+    ensure!(echo == [np_id.as_str(), "ping"], "NodePort stream across the restart: {echo:?}");
     let report = h.sync(&services)?;
     if h.mode == Mode::Ebpf {
         ensure!(report.changed == 0, "adopted maps already match: {report:?}");

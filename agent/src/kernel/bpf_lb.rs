@@ -591,7 +591,8 @@ pub static TC_NODEPORT_OBJ: &[u8] =
 const NODEPORT_OBJECT: &str = "tc_nodeport.o";
 
 /// The tc NodePort programs, sharing `svc4`/`be4` with the socket LB through the same pin
-/// directory. Dropping it detaches them (the links are owned, not pinned, for now).
+/// directory. Their links are pinned (`<pin dir>/links/<program>-<iface>`): they stay attached
+/// when the agent exits, and the next agent swaps its programs into them atomically.
 pub struct TcNodePort {
     ebpf: Ebpf,
     _links: Vec<aya::programs::tc::SchedClassifierLinkId>,
@@ -632,6 +633,12 @@ impl TcNodePort {
             .override_global("NODE_IP", &node_ip_be, true)
             .load(TC_NODEPORT_OBJ)
             .map_err(|source| BpfError::Load { object: NODEPORT_OBJECT, source })?;
+        let links_dir = pin_dir.join("links");
+        fs::create_dir_all(&links_dir).map_err(|source| LbError::Io {
+            op: "create link pin directory",
+            path: links_dir.clone(),
+            source,
+        })?;
         let mut links = Vec::new();
         for (name, direction) in
             [("nodeport_in", TcAttachType::Ingress), ("nodeport_reply", TcAttachType::Egress)]
@@ -642,14 +649,34 @@ impl TcNodePort {
                 .try_into()
                 .map_err(|source| BpfError::Program { program: name, source })?;
             program.load().map_err(|source| BpfError::Program { program: name, source })?;
-            let link = program
-                .attach_with_options(
-                    external_if,
-                    direction,
-                    TcAttachOptions::TcxOrder(LinkOrder::first()),
-                )
-                .map_err(|source| BpfError::Program { program: name, source })?;
-            links.push(link);
+            let path = links_dir.join(format!("{name}-{external_if}"));
+            let link_err = |message: String| LbError::Link { path: path.clone(), message };
+            if path.exists() {
+                // An earlier agent's link: swap our program in atomically (no gap for packets).
+                let pinned = PinnedLink::from_pin(&path).map_err(|e| link_err(e.to_string()))?;
+                let link = aya::programs::tc::SchedClassifierLink::try_from(FdLink::from(pinned))
+                    .map_err(|e| link_err(e.to_string()))?;
+                let id = program
+                    .attach_to_link(link)
+                    .map_err(|source| BpfError::Program { program: name, source })?;
+                links.push(id);
+            } else {
+                let id = program
+                    .attach_with_options(
+                        external_if,
+                        direction,
+                        TcAttachOptions::TcxOrder(LinkOrder::first()),
+                    )
+                    .map_err(|source| BpfError::Program { program: name, source })?;
+                // Pinned, the link stays attached when the agent exits.
+                let link = program
+                    .take_link(id)
+                    .map_err(|source| BpfError::Program { program: name, source })?;
+                let fd: FdLink = link
+                    .try_into()
+                    .map_err(|e: aya::programs::links::LinkError| link_err(e.to_string()))?;
+                fd.pin(&path).map_err(|e| link_err(e.to_string()))?;
+            }
         }
         Ok(TcNodePort { ebpf, _links: links })
     }
