@@ -25,16 +25,24 @@ pub enum Media {
     MergePatch,
     StrategicMergePatch,
     ApplyPatch,
+    /// A full object written by PUT: `update_managed_fields` against the live Deployment (the
+    /// body may carry its own managedFields, which clients are allowed to set).
+    Update,
 }
 
 impl Media {
     pub const DECODE: [Media; 3] = [Media::Json, Media::Yaml, Media::Protobuf];
-    pub const PATCH: [Media; 4] =
-        [Media::JsonPatch, Media::MergePatch, Media::StrategicMergePatch, Media::ApplyPatch];
+    pub const PATCH: [Media; 5] = [
+        Media::JsonPatch,
+        Media::MergePatch,
+        Media::StrategicMergePatch,
+        Media::ApplyPatch,
+        Media::Update,
+    ];
 
     pub fn content_type(self) -> &'static str {
         match self {
-            Media::Json => "application/json",
+            Media::Json | Media::Update => "application/json",
             Media::Yaml => "application/yaml",
             Media::Protobuf => "application/vnd.kubernetes.protobuf",
             Media::JsonPatch => "application/json-patch+json",
@@ -74,6 +82,25 @@ pub fn run_one(input: &Input) -> Outcome {
                     assert!(matches!(e.code(), 400 | 415), "unexpected code {}", e.code());
                     Outcome::Refused(e.code())
                 }
+            }
+        }
+        Media::Update => {
+            let live = live_deployment();
+            match codec::decode_body("application/json", &input.bytes) {
+                Ok(mut new) => {
+                    match patch::update_managed_fields(
+                        Some(&live),
+                        &mut new,
+                        "fuzz",
+                        patch::Operation::Update,
+                        None,
+                        "2026-01-01T00:00:00Z",
+                    ) {
+                        Ok(()) => Outcome::Accepted,
+                        Err(e) => Outcome::Refused(e.code()),
+                    }
+                }
+                Err(e) => Outcome::Refused(e.code()),
             }
         }
         Media::ApplyPatch => {

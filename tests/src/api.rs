@@ -252,3 +252,90 @@ impl Kubectl {
         &self.home.0
     }
 }
+
+/// Whether an HTTPS server answers `/readyz` with 200 on loopback `port` (checked with curl,
+/// which the test machines have; the certificate is not verified for this probe).
+pub fn https_ready(port: u16) -> bool {
+    Command::new("curl")
+        .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2"])
+        .arg(format!("https://127.0.0.1:{port}/readyz"))
+        .output()
+        .is_ok_and(|o| o.stdout == b"200")
+}
+
+/// What serves the API in a suite: three `skiff-master` processes (store replica + API server
+/// each), or, with `SKIFF_API_BACKEND=etcd`, etcd 3.4 plus an in-process API server (for
+/// debugging the API server alone).
+pub enum Cluster {
+    Masters(crate::masters::Masters),
+    Etcd { api: Box<ApiServer>, etcd: Etcd },
+}
+
+impl Cluster {
+    /// Starts the suite backend; `watch_history` events are kept per resource.
+    pub fn start(tag: &str, watch_history: usize) -> Result<Self> {
+        if std::env::var("SKIFF_API_BACKEND").is_ok_and(|b| b == "etcd") {
+            let etcd = Etcd::start(tag)?;
+            let api = ApiServer::start_with(
+                tag,
+                std::slice::from_ref(&etcd.endpoint),
+                Limits { watch_history, ..Limits::default() },
+            )?;
+            return Ok(Self::Etcd { api: Box::new(api), etcd });
+        }
+        Ok(Self::Masters(crate::masters::Masters::start_with_api(tag, 3, watch_history)?))
+    }
+
+    /// An admin kubeconfig for member `i`.
+    pub fn kubeconfig(&self, i: usize) -> Result<PathBuf> {
+        match self {
+            Self::Masters(m) => m.kubeconfig(i),
+            Self::Etcd { api, .. } => Ok(api.kubeconfig.clone()),
+        }
+    }
+
+    pub fn url(&self, i: usize) -> String {
+        match self {
+            Self::Masters(m) => m.api_url(i),
+            Self::Etcd { api, .. } => api.url.clone(),
+        }
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        match self {
+            Self::Masters(m) => m.dir.join("pki/ca.crt"),
+            Self::Etcd { api, .. } => api.ca(),
+        }
+    }
+
+    pub fn audit_log(&self, i: usize) -> PathBuf {
+        match self {
+            Self::Masters(m) => m.audit_log(i),
+            Self::Etcd { api, .. } => api.audit_log.clone(),
+        }
+    }
+
+    /// Kills member `i` (SIGKILL) and starts it again with the same data; waits until its API
+    /// server is ready. Only for the masters backend.
+    pub fn restart(&mut self, i: usize) -> Result<()> {
+        match self {
+            Self::Masters(m) => {
+                m.restart(i)?;
+                m.wait_ready()?;
+                let port = m.specs[i].api_port;
+                wait::until("restarted API server ready", Duration::from_mins(1), || {
+                    Ok(https_ready(port))
+                })
+            }
+            Self::Etcd { .. } => bail!("restart needs the masters backend"),
+        }
+    }
+
+    /// The etcd endpoints of the store (for etcdctl-level checks).
+    pub fn store_endpoints(&self) -> String {
+        match self {
+            Self::Masters(m) => m.endpoints(),
+            Self::Etcd { etcd, .. } => etcd.endpoint.clone(),
+        }
+    }
+}

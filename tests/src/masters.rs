@@ -15,7 +15,14 @@ use crate::wait;
 /// The `skiff-master` binary next to the running test (built by `cargo build -p skiff-master`
 /// if missing).
 pub fn master_binary() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("SKIFF_MASTER_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
     let exe = std::env::current_exe()?;
+    // A binary (not a test) sits next to skiff-master already.
+    if let Some(sibling) = exe.parent().map(|d| d.join("skiff-master")).filter(|b| b.exists()) {
+        return Ok(sibling);
+    }
     let dir = exe.parent().and_then(Path::parent).context("test binary has no target dir")?;
     let bin = dir.join("skiff-master");
     if !bin.exists() {
@@ -40,6 +47,8 @@ pub struct MemberSpec {
     pub client_port: u16,
     pub peer_port: u16,
     pub metrics_port: u16,
+    /// Port of the member's Kubernetes API (used when the cluster runs API servers).
+    pub api_port: u16,
     pub data_dir: PathBuf,
 }
 
@@ -66,11 +75,23 @@ pub struct Masters {
     children: Vec<Option<Child>>,
     bin: PathBuf,
     initial_cluster: String,
+    /// Extra `run` flags for every member (the API server's, when enabled).
+    extra: Vec<String>,
 }
 
 impl Masters {
     /// Starts `n` members as a new cluster and waits until they serve the etcd API.
     pub fn start(tag: &str, n: usize) -> Result<Self> {
+        Self::start_with(tag, n, None)
+    }
+
+    /// Starts `n` members, each also running the API server (PKI from `skiff-master init`,
+    /// a token file, an audit log per member, `watch_history` events per resource).
+    pub fn start_with_api(tag: &str, n: usize, watch_history: usize) -> Result<Self> {
+        Self::start_with(tag, n, Some(watch_history))
+    }
+
+    fn start_with(tag: &str, n: usize, api: Option<usize>) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!("skiff-test-{tag}-masters"));
         fs::create_dir_all(&dir)?;
         let mut specs = Vec::new();
@@ -80,6 +101,7 @@ impl Masters {
                 client_port: free_port()?,
                 peer_port: free_port()?,
                 metrics_port: free_port()?,
+                api_port: free_port()?,
                 data_dir: dir.join(format!("m{i}")),
             });
         }
@@ -94,12 +116,67 @@ impl Masters {
             children: (0..n).map(|_| None).collect(),
             bin: master_binary()?,
             initial_cluster,
+            extra: Vec::new(),
         };
+        if let Some(history) = api {
+            let pki = me.dir.join("pki");
+            let server = format!("https://127.0.0.1:{}", me.specs[0].api_port);
+            let out = me.ctl(&[
+                "init",
+                "--pki-dir",
+                &pki.display().to_string(),
+                "--address",
+                "127.0.0.1",
+                "--server",
+                &server,
+            ])?;
+            if !out.status.success() {
+                bail!("skiff-master init failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            fs::write(
+                me.dir.join("tokens.csv"),
+                format!("{},token-user,1001,\"dev\"\n", crate::api::TEST_TOKEN),
+            )?;
+            me.extra = vec![
+                "--pki-dir".into(),
+                pki.display().to_string(),
+                "--token-file".into(),
+                me.dir.join("tokens.csv").display().to_string(),
+                "--api-watch-history".into(),
+                history.to_string(),
+            ];
+        }
         for i in 0..n {
             me.spawn(i)?;
         }
         me.wait_ready()?;
+        if api.is_some() {
+            let ports: Vec<u16> = me.specs.iter().map(|s| s.api_port).collect();
+            wait::until("every API server ready", Duration::from_mins(1), || {
+                Ok(ports.iter().all(|p| crate::api::https_ready(*p)))
+            })?;
+        }
         Ok(me)
+    }
+
+    /// The admin kubeconfig pointing at member `i`'s API server.
+    pub fn kubeconfig(&self, i: usize) -> Result<PathBuf> {
+        let base = fs::read_to_string(self.dir.join("pki/admin.kubeconfig"))?;
+        let url = format!("https://127.0.0.1:{}", self.specs[i].api_port);
+        let text = base.replace(&format!("https://127.0.0.1:{}", self.specs[0].api_port), &url);
+        let path = self.dir.join(format!("m{i}.kubeconfig"));
+        fs::write(&path, text)?;
+        Ok(path)
+    }
+
+    /// Member `i`'s API URL.
+    pub fn api_url(&self, i: usize) -> String {
+        format!("https://127.0.0.1:{}", self.specs[i].api_port)
+    }
+
+    /// Member `i`'s audit log.
+    pub fn audit_log(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("m{i}-audit.log"))
     }
 
     fn spawn(&mut self, i: usize) -> Result<()> {
@@ -117,6 +194,17 @@ impl Masters {
             .args(["--listen-metrics", &format!("127.0.0.1:{}", s.metrics_port)])
             .args(["--initial-cluster", &self.initial_cluster])
             .args(["--heartbeat-interval-ms", "100", "--election-timeout-ms", "800"])
+            .args(&self.extra)
+            .args(if self.extra.is_empty() {
+                Vec::new()
+            } else {
+                vec![
+                    "--api-listen".to_owned(),
+                    format!("127.0.0.1:{}", s.api_port),
+                    "--audit-log".to_owned(),
+                    self.dir.join(format!("{}-audit.log", s.name)).display().to_string(),
+                ]
+            })
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -168,6 +256,11 @@ impl Masters {
     pub fn restart(&mut self, i: usize) -> Result<()> {
         self.kill9(i);
         self.spawn(i)
+    }
+
+    /// Process id of member `i`, if running.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.children[i].as_ref().map(Child::id)
     }
 
     pub fn is_running(&self, i: usize) -> bool {

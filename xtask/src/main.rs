@@ -21,12 +21,12 @@ enum Task {
     Images,
     /// Everything CI runs: fmt, build-ebpf, clippy -D warnings, all tests.
     Ci,
-    /// The main job (today: the eBPF and container proofs; see README).
+    /// The main job: a 3-master cluster with a sample app, then eBPF vs iptables (see README).
     Demo,
     /// Internal to `bench dataplane`: sequential TCP connects to ADDR, prints latency percentiles.
     #[command(hide = true)]
     ConnectLatency { addr: std::net::SocketAddr, count: usize },
-    /// Benchmarks that write docs/benchmarks/<area>.{md,json}.
+    /// Benchmarks against their anchors; results in docs/benchmarks/<area>.{md,json}.
     Bench {
         #[command(subcommand)]
         area: BenchArea,
@@ -35,6 +35,15 @@ enum Task {
 
 #[derive(Subcommand)]
 enum BenchArea {
+    /// API server on 3 masters: pod creates at 64 clients, lists of 10k pods, 1000 watchers.
+    Api {
+        /// Quick smoke scale (1k pods, 100 watchers) instead of the full run.
+        #[arg(long)]
+        small: bool,
+        /// A note for the report (e.g. that the machine was busy).
+        #[arg(long)]
+        note: Option<String>,
+    },
     /// Service routing: direct vs iptables vs eBPF (root; nginx, wrk, gnuplot).
     Dataplane(xtask::bench_dataplane::DataplaneArgs),
 }
@@ -48,6 +57,9 @@ fn main() -> ExitCode {
         Task::Demo => xtask::demo::run_demo(),
         Task::ConnectLatency { addr, count } => {
             xtask::bench_dataplane::connect_latency(addr, count)
+        }
+        Task::Bench { area: BenchArea::Api { small, note } } => {
+            xtask::bench_api::bench_api(small, note.as_deref())
         }
         Task::Bench { area: BenchArea::Dataplane(args) } => {
             xtask::bench_dataplane::run_dataplane(&args)

@@ -71,6 +71,7 @@ pub type WatchStart = (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>, i64);
 
 /// The watch cache of every resource in the table.
 pub struct Cache {
+    history: usize,
     states: Vec<Mutex<State>>,
     by_prefix: HashMap<String, usize>,
     rev: watch::Sender<i64>,
@@ -95,7 +96,8 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 impl Cache {
-    pub fn new() -> Arc<Self> {
+    /// A cache keeping `history` events per resource.
+    pub fn new(history: usize) -> Arc<Self> {
         let states = RESOURCES
             .iter()
             .map(|_| {
@@ -109,7 +111,7 @@ impl Cache {
             })
             .collect();
         let by_prefix = RESOURCES.iter().enumerate().map(|(i, r)| (r.prefix(), i)).collect();
-        Arc::new(Self { states, by_prefix, rev: watch::channel(0).0 })
+        Arc::new(Self { history: history.max(1), states, by_prefix, rev: watch::channel(0).0 })
     }
 
     fn index(res: &Resource) -> usize {
@@ -230,7 +232,7 @@ impl Cache {
         };
         let ev = Arc::new(Event { rev, ty, key: kv.key.clone(), obj, prev: prev_obj });
         st.history.push_back(Arc::clone(&ev));
-        while st.history.len() > HISTORY {
+        while st.history.len() > self.history {
             if let Some(old) = st.history.pop_front() {
                 st.floor = old.rev;
             }
@@ -294,6 +296,26 @@ impl Cache {
         self.advance(rev);
     }
 
+    /// The first listing: at an older revision when the store still has it, so that the watch
+    /// that follows replays up to `history` revisions into the event history. A restarted API
+    /// server can then resume its clients' watches instead of answering 410.
+    async fn initial_list(&self, store: &Store) -> Result<(Vec<Stored>, i64), StoreError> {
+        if self.revision() == 0 {
+            let current = store.revision().await?;
+            let from =
+                current.saturating_sub(i64::try_from(self.history).unwrap_or(i64::MAX)).max(1);
+            if from < current {
+                // The header carries the current revision; the listing is at `from`.
+                match store.range("/registry/", None, from).await {
+                    Ok((items, _)) => return Ok((items, from)),
+                    Err(StoreError::Compacted(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        store.range("/registry/", None, 0).await
+    }
+
     /// Keeps the cache current until `stop`: list, then watch from the list revision; on a
     /// broken watch resume from the last revision, on compaction re-list.
     pub async fn run(self: Arc<Self>, store: Store, stop: CancellationToken) {
@@ -304,7 +326,7 @@ impl Cache {
             }
             let start = match next {
                 Some(r) => r,
-                None => match store.range("/registry/", None, 0).await {
+                None => match self.initial_list(&store).await {
                     Ok((items, rev)) => {
                         self.reload(items, rev);
                         rev

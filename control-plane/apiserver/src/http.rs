@@ -36,11 +36,14 @@ pub struct Limits {
     pub max_inflight: usize,
     /// Open watches per user before 429.
     pub max_watches_per_user: usize,
+    /// Events kept per resource for watches resuming from an older resourceVersion; older
+    /// versions get an in-stream 410.
+    pub watch_history: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_inflight: 800, max_watches_per_user: 4096 }
+        Self { max_inflight: 800, max_watches_per_user: 4096, watch_history: crate::cache::HISTORY }
     }
 }
 
@@ -684,7 +687,15 @@ impl Server {
                 if sub == Some(Subresource::Scale) {
                     let out = reg
                         .update_scale(res, &ns, &name, &wctx, |scale| {
-                            patch_bridge::apply_patch(res, kind, Some(scale), body, &wctx, force, None)
+                            patch_bridge::apply_patch(
+                                res,
+                                kind,
+                                Some(scale),
+                                body,
+                                &wctx,
+                                force,
+                                None,
+                            )
                         })
                         .await?;
                     return Ok(json_response(200, &out, "application/json"));
@@ -696,17 +707,23 @@ impl Server {
                         &name,
                         &wctx,
                         sub,
-                        |old| patch_bridge::apply_patch(res, kind, Some(old), body, &wctx, force, sub_name),
+                        |old| {
+                            patch_bridge::apply_patch(
+                                res,
+                                kind,
+                                Some(old),
+                                body,
+                                &wctx,
+                                force,
+                                sub_name,
+                            )
+                        },
                         true,
                     )
                     .await;
                 let (code, obj) = match result {
                     Ok(o) => (200, o),
-                    Err(e)
-                        if e.code == 404
-                            && kind == PatchType::Apply
-                            && sub.is_none() =>
-                    {
+                    Err(e) if e.code == 404 && kind == PatchType::Apply && sub.is_none() => {
                         let applied =
                             patch_bridge::apply_patch(res, kind, None, body, &wctx, force, None)?;
                         (201, reg.create(res, &ns, applied, &wctx).await?)

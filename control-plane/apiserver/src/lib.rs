@@ -107,7 +107,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     };
     let ranges = alloc::Ranges::parse(&config.service_cidr, &config.node_port_range)?;
     let store = store::Store::connect(&config.store_endpoints)?;
-    let cache = cache::Cache::new();
+    let cache = cache::Cache::new(config.limits.watch_history);
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Listen { addr: config.listen, source })?;

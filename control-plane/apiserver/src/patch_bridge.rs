@@ -10,7 +10,11 @@ use crate::status::ApiError;
 
 impl From<PatchError> for ApiError {
     fn from(e: PatchError) -> Self {
-        let causes: Vec<Value> = e.causes().iter().map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field})).collect();
+        let causes: Vec<Value> = e
+            .causes()
+            .iter()
+            .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
+            .collect();
         let mut err = ApiError::new(e.code(), e.reason(), e.to_string());
         if !causes.is_empty() {
             err.details = Some(json!({"causes": causes}));
@@ -26,11 +30,26 @@ pub fn patch_type(content_type: &str) -> Result<PatchType, ApiError> {
 
 /// Applies a patch body to `current` (`None`: server-side apply creating the object), returning
 /// the desired object. Apply records its own managedFields entry.
-pub fn apply_patch(res: &Resource, kind: PatchType, current: Option<&Value>, body: &[u8], ctx: &WriteCtx, force: bool, subresource: Option<&str>) -> Result<Value, ApiError> {
+pub fn apply_patch(
+    res: &Resource,
+    kind: PatchType,
+    current: Option<&Value>,
+    body: &[u8],
+    ctx: &WriteCtx,
+    force: bool,
+    subresource: Option<&str>,
+) -> Result<Value, ApiError> {
     let out = match kind {
         PatchType::Apply => {
             let time = skiff_api::meta::format_rfc3339(ctx.now);
-            let mut v = patch::server_side_apply(&ApplyRequest { live: current, body, manager: &ctx.manager, force, subresource, time: &time })?;
+            let mut v = patch::server_side_apply(&ApplyRequest {
+                live: current,
+                body,
+                manager: &ctx.manager,
+                force,
+                subresource,
+                time: &time,
+            })?;
             if current.is_none() {
                 v["apiVersion"] = json!(res.api_version());
                 v["kind"] = json!(res.kind);
@@ -43,7 +62,12 @@ pub fn apply_patch(res: &Resource, kind: PatchType, current: Option<&Value>, bod
 }
 
 /// Records `ctx.manager` as owner of what a create (`old` = `None`), update or patch changed.
-pub fn record_update(old: Option<&Value>, new: &mut Value, ctx: &WriteCtx, subresource: Option<&str>) -> Result<(), ApiError> {
+pub fn record_update(
+    old: Option<&Value>,
+    new: &mut Value,
+    ctx: &WriteCtx,
+    subresource: Option<&str>,
+) -> Result<(), ApiError> {
     if !ctx.record_managed || ctx.manager.is_empty() {
         return Ok(());
     }

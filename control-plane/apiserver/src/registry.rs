@@ -240,7 +240,14 @@ impl Registry {
     async fn check_namespace(&self, ns: &str) -> Result<(), ApiError> {
         let nsres = resource::find("", "v1", "namespaces")
             .ok_or_else(|| ApiError::internal("no namespaces resource"))?;
-        match self.get(nsres, "", ns).await {
+        // The cached namespace answers at once; the store is asked only when the cache has
+        // not seen it (just created through another master).
+        let cached = self.cache.get(nsres, &nsres.key("", ns)).map(|n| (*n).clone());
+        let found = match cached {
+            Some(n) => Ok(n),
+            None => self.get(nsres, "", ns).await,
+        };
+        match found {
             Ok(n) if n.pointer("/metadata/deletionTimestamp").is_some_and(|d| !d.is_null()) => {
                 Err(ApiError {
                     details: Some(

@@ -69,6 +69,33 @@ pub struct RunConfig {
     /// Raft entries between snapshots (each entry is a batch of writes).
     #[arg(long, env = "SKIFF_SNAPSHOT_COUNT", default_value_t = 10_000)]
     pub snapshot_count: u64,
+    /// Address of the Kubernetes API (HTTPS); no API server when unset.
+    #[arg(long, env = "SKIFF_API_LISTEN")]
+    pub api_listen: Option<SocketAddr>,
+    /// Directory written by `skiff-master init` (ca.crt, apiserver.crt, apiserver.key).
+    #[arg(long, env = "SKIFF_PKI_DIR")]
+    pub pki_dir: Option<PathBuf>,
+    /// Bearer tokens, kube-apiserver format: `token,user,uid,"group1,group2"`.
+    #[arg(long, env = "SKIFF_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Audit log (JSON lines, one per mutating request).
+    #[arg(long, env = "SKIFF_AUDIT_LOG")]
+    pub audit_log: Option<PathBuf>,
+    /// ClusterIP range.
+    #[arg(long, env = "SKIFF_SERVICE_CIDR", default_value = "10.96.0.0/12")]
+    pub service_cidr: String,
+    /// NodePort range.
+    #[arg(long, env = "SKIFF_NODE_PORT_RANGE", default_value = "30000-32767")]
+    pub node_port_range: String,
+    /// Store endpoints of the API server (default: this member's client URL).
+    #[arg(long, env = "SKIFF_API_STORE_ENDPOINTS", value_delimiter = ',')]
+    pub api_store_endpoints: Vec<String>,
+    /// Events the API server's watch cache keeps per resource for resuming watches.
+    #[arg(long, env = "SKIFF_API_WATCH_HISTORY", default_value_t = 20_000)]
+    pub api_watch_history: usize,
+    /// Concurrent non-watch API requests before 429.
+    #[arg(long, env = "SKIFF_API_MAX_INFLIGHT", default_value_t = 800)]
+    pub api_max_inflight: usize,
 }
 
 /// Parses `name=url,name=url`.

@@ -31,6 +31,44 @@ pub enum RunError {
     Store(#[from] skiff_store::StoreError),
     #[error("{what} server: {source}")]
     Serve { what: &'static str, source: tonic::transport::Error },
+    #[error("--api-listen needs --pki-dir (create one with `skiff-master init`)")]
+    MissingPki,
+    #[error("api server: {0}")]
+    Api(#[from] skiff_apiserver::ServeError),
+}
+
+/// The API server of this member, connected to `endpoints` (the local store by default).
+async fn start_api(
+    config: &RunConfig,
+    listen: std::net::SocketAddr,
+) -> Result<skiff_apiserver::Running, RunError> {
+    let pki = config.pki_dir.as_ref().ok_or(RunError::MissingPki)?;
+    let files = skiff_apiserver::pki::PkiFiles::in_dir(pki);
+    let store_endpoints = if config.api_store_endpoints.is_empty() {
+        vec![config.client_url()]
+    } else {
+        config.api_store_endpoints.clone()
+    };
+    let api = skiff_apiserver::Config {
+        listen,
+        store_endpoints,
+        tls_cert: files.serving_cert,
+        tls_key: files.serving_key,
+        client_ca: files.ca_cert,
+        token_file: config.token_file.clone(),
+        audit_log: config.audit_log.clone(),
+        service_cidr: config.service_cidr.clone(),
+        node_port_range: config.node_port_range.clone(),
+        advertise: listen.to_string(),
+        limits: skiff_apiserver::http::Limits {
+            watch_history: config.api_watch_history,
+            max_inflight: config.api_max_inflight,
+            ..skiff_apiserver::http::Limits::default()
+        },
+    };
+    let running = skiff_apiserver::start(api, tokio_util::sync::CancellationToken::new()).await?;
+    tracing::info!(addr = %running.addr, "api server listening");
+    Ok(running)
 }
 
 async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, RunError> {
@@ -71,8 +109,16 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
     let http_task =
         metrics_listener.map(|l| tokio::spawn(http::serve(l, store.clone(), stop.clone())));
 
+    let api = match config.api_listen {
+        Some(listen) => Some(start_api(&config, listen).await?),
+        None => None,
+    };
+
     shutdown.await;
     tracing::info!("shutting down");
+    if let Some(api) = api {
+        api.shutdown().await;
+    }
     stop.notify_waiters();
     store.shutdown().await;
     let grace = std::time::Duration::from_secs(5);

@@ -17,6 +17,27 @@ struct Cli {
 enum Command {
     /// Run a member (store replica with the etcd v3 API).
     Run(Box<RunConfig>),
+    /// Create the cluster PKI: CA, API serving certificate, admin client certificate and
+    /// admin kubeconfig (existing CA kept).
+    Init {
+        /// Directory to write into (then `run --pki-dir`).
+        #[arg(long, env = "SKIFF_PKI_DIR")]
+        pki_dir: PathBuf,
+        /// Master addresses (IPs or names) for the serving certificate's SANs.
+        #[arg(
+            long = "address",
+            env = "SKIFF_ADDRESSES",
+            value_delimiter = ',',
+            default_value = "127.0.0.1"
+        )]
+        addresses: Vec<String>,
+        /// API URL written into the admin kubeconfig (default: `https://FIRST_ADDRESS:6443`).
+        #[arg(long, env = "SKIFF_SERVER")]
+        server: Option<String>,
+        /// Service CIDR (its first address is a SAN: the `kubernetes` Service).
+        #[arg(long, env = "SKIFF_SERVICE_CIDR", default_value = "10.96.0.0/12")]
+        service_cidr: String,
+    },
     /// Backups.
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
@@ -100,6 +121,22 @@ async fn main_inner(cli: Cli) -> Result<()> {
                 });
             })
             .await?;
+        }
+        Command::Init { pki_dir, addresses, server, service_cidr } => {
+            let ranges = skiff_apiserver::alloc::Ranges::parse(&service_cidr, "30000-32767")?;
+            let first = addresses.first().cloned().unwrap_or_else(|| "127.0.0.1".to_owned());
+            let server = server.unwrap_or_else(|| format!("https://{first}:6443"));
+            let files = skiff_apiserver::pki::init(
+                &pki_dir,
+                &addresses,
+                &ranges.first_ip().to_string(),
+                &server,
+            )?;
+            println!(
+                "PKI written to {}; admin kubeconfig: {}",
+                pki_dir.display(),
+                files.admin_kubeconfig.display()
+            );
         }
         Command::Snapshot(SnapshotCmd::Save { file, endpoint }) => {
             let s = ctl::snapshot_save(&endpoint, &file).await?;

@@ -5,7 +5,8 @@
 //!   `k8s\0` magic, a `runtime.Unknown` envelope, then the typed message, decoded through the
 //!   field table in `k8s-protobuf-schema.txt`; see `docs/api-codec.md` for the kinds covered).
 //!   The result is always a JSON object; a protobuf body yields `apiVersion` and `kind` from its
-//!   envelope. Patch bodies are not decoded here: see [`crate::patch`].
+//!   envelope, which the caller checks against the endpoint exactly as for JSON bodies. Patch
+//!   bodies are not decoded here: see [`crate::patch`].
 //! - [`negotiate_response`]`(accept)` picks the response format from an `Accept` header.
 //!
 //! Errors carry the Kubernetes status they map to ([`DecodeError::code`], [`DecodeError::reason`]).

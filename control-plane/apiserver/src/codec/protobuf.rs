@@ -528,4 +528,6 @@ pub(crate) fn base64(bytes: &[u8]) -> String {
 }
 
 #[cfg(test)]
+mod schema_check;
+#[cfg(test)]
 mod tests;

@@ -70,14 +70,47 @@ pub(crate) static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
 impl Schema {
     /// The schema message for `apiVersion` + `kind`, if that kind is a declared root.
     pub(crate) fn root_for(&self, api_version: &str, kind: &str) -> Option<&str> {
-        let (group, version) = match api_version.split_once('/') {
-            Some((g, v)) => (g, v),
-            None => ("", api_version),
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        let label = GROUP_LABELS.iter().find(|(g, _)| *g == group).map(|(_, l)| *l)?;
+        let find = |label: &str| {
+            let want = format!("{label}.{version}.{kind}");
+            self.roots.iter().find(|r| **r == want).map(String::as_str)
         };
-        let label =
-            if group.is_empty() { "core" } else { group.split('.').next().unwrap_or(group) };
-        let want = format!("{label}.{version}.{kind}");
-        self.roots.iter().find(|r| **r == want).map(String::as_str)
+        // meta/v1 kinds (DeleteOptions) are also sent as plain `v1`.
+        find(label).or_else(|| if group.is_empty() { find("meta") } else { None })
+    }
+}
+
+/// API group → the label its messages carry in the schema (`rbac.authorization.k8s.io` →
+/// `rbac`, as in upstream's `k8s.io.api.rbac.v1` proto packages).
+const GROUP_LABELS: &[(&str, &str)] = &[
+    ("", "core"),
+    ("apps", "apps"),
+    ("batch", "batch"),
+    ("policy", "policy"),
+    ("autoscaling", "autoscaling"),
+    ("rbac.authorization.k8s.io", "rbac"),
+    ("networking.k8s.io", "networking"),
+    ("discovery.k8s.io", "discovery"),
+    ("coordination.k8s.io", "coordination"),
+    ("events.k8s.io", "events"),
+    ("scheduling.k8s.io", "scheduling"),
+    ("authorization.k8s.io", "authorization"),
+    ("authentication.k8s.io", "authentication"),
+    ("meta.k8s.io", "meta"),
+];
+
+/// The `apiVersion` of a schema root (`rbac.v1.Role` → `rbac.authorization.k8s.io/v1`).
+#[cfg(test)]
+pub(crate) fn api_version_of(root: &str) -> String {
+    let mut parts = root.split('.');
+    let label = parts.next().unwrap_or("");
+    let version = parts.next().unwrap_or("");
+    let group = GROUP_LABELS.iter().find(|(_, l)| *l == label).map_or("", |(g, _)| *g);
+    if group.is_empty() || label == "meta" {
+        version.to_owned()
+    } else {
+        format!("{group}/{version}")
     }
 }
 
@@ -117,7 +150,12 @@ pub(crate) fn parse(text: &str) -> Result<Schema, String> {
         }
         let words: Vec<&str> = trimmed.split_whitespace().collect();
         match words.as_slice() {
-            ["root", name] => schema.roots.push((*name).to_owned()),
+            ["root", name] => {
+                if schema.roots.iter().any(|r| r == name) {
+                    return Err(format!("line {lineno}: root {name} declared twice"));
+                }
+                schema.roots.push((*name).to_owned());
+            }
             ["message", name] => {
                 if schema.messages.contains_key(*name) {
                     return Err(format!("line {lineno}: message {name} declared twice"));
@@ -201,6 +239,12 @@ mod tests {
             Some("rbac.v1.ClusterRole")
         );
         assert_eq!(schema.root_for("v1", "ObjectMeta"), None);
+        assert_eq!(schema.root_for("apps.example.com/v1", "Deployment"), None);
+        assert_eq!(schema.root_for("v1", "DeleteOptions"), Some("meta.v1.DeleteOptions"));
+        for root in &schema.roots {
+            let kind = root.rsplit('.').next().unwrap();
+            assert_eq!(schema.root_for(&api_version_of(root), kind), Some(root.as_str()));
+        }
         let spec = &schema.messages["apps.v1.DeploymentSpec"].fields[&1];
         assert_eq!(spec.json.as_deref(), Some("replicas"));
         assert!(spec.keep_zero);

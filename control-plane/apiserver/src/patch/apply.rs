@@ -42,6 +42,7 @@ pub fn server_side_apply(request: &ApplyRequest<'_>) -> Result<Value, PatchError
     let api_version = config["apiVersion"].as_str().unwrap_or("").to_owned();
     let node = Node::for_object(&config);
     let config_tracked = tracked(&config, subresource);
+    reject_duplicate_keys(&config_tracked, node, "")?;
     let config_set = set_of_map(&config_tracked, node);
 
     let Some(live) = live else {
@@ -167,6 +168,42 @@ fn take_or_refuse_conflicts(
         }
     }
     if causes.is_empty() { Ok(()) } else { Err(conflict_error(causes)) }
+}
+
+/// An applied keyed list may not name an element twice (upstream refuses it too).
+fn reject_duplicate_keys(
+    map: &Map<String, Value>,
+    node: Node,
+    path: &str,
+) -> Result<(), PatchError> {
+    for (key, value) in map {
+        let here = format!("{path}.{key}");
+        match value {
+            Value::Object(inner) => reject_duplicate_keys(inner, node.child(key), &here)?,
+            Value::Array(items) => {
+                let (_, ssa, element) = node.list(key);
+                let mut seen = Vec::new();
+                for item in items {
+                    if let SsaList::Map(keys) = ssa
+                        && let Some(k) = key_element(item, keys)
+                    {
+                        if seen.contains(&k) {
+                            return Err(bad(format!(
+                                "{here}: duplicate entries for key {}",
+                                format_path(&[k])
+                            )));
+                        }
+                        seen.push(k);
+                    }
+                    if let Value::Object(inner) = item {
+                        reject_duplicate_keys(inner, element, &here)?;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Parses and checks the applied configuration (JSON first, then YAML).

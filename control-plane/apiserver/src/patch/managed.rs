@@ -96,6 +96,21 @@ pub(crate) fn read_entries(object: &Value) -> Vec<Entry> {
         .unwrap_or_default()
 }
 
+/// The managedFields a write itself sets, as upstream honours them: a non-empty list whose
+/// entries all parse replaces the stored ones (kubectl's client-side → server-side apply
+/// migration patches them this way); `[{}]` clears them. An absent, empty or malformed list means
+/// "keep the stored ones" (`None`), so clients that do not know managedFields cannot drop them.
+pub(crate) fn requested_entries(object: &Value) -> Option<Vec<Entry>> {
+    let list = object.pointer("/metadata/managedFields")?.as_array()?;
+    if list.len() == 1 && list[0].as_object().is_some_and(Map::is_empty) {
+        return Some(Vec::new());
+    }
+    if list.is_empty() {
+        return None;
+    }
+    list.iter().map(Entry::from_json).collect()
+}
+
 /// Writes `entries` (empty ones dropped; Apply entries first, then by time) into `object`.
 pub(crate) fn write_entries(object: &mut Value, mut entries: Vec<Entry>) {
     entries.retain(|e| !e.set.is_empty());
@@ -330,8 +345,9 @@ fn diff_keyed(a: &[Value], b: &[Value], keys: &[&str], element: Node) -> (FieldS
 }
 
 /// Records `manager` as the owner of the fields a create (`old` = `None`), update or patch
-/// changed, writing `new.metadata.managedFields`. Entries come from `old` (managedFields a
-/// client sends in `new` are ignored); other managers lose the fields this write changed or
+/// changed, writing `new.metadata.managedFields`. Entries come from `old`, unless `new` carries a
+/// valid non-empty list of its own (a client editing managedFields; `[{}]` clears them), as
+/// upstream does; other managers lose the fields this write changed or
 /// removed; an entry left empty is dropped; an entry whose set did not change keeps its time.
 /// `subresource` is `None` for the main resource (then `status` is not owned) or e.g.
 /// `Some("status")` (then only `status` is). With [`Operation::Apply`] the manager's entry becomes
@@ -360,7 +376,10 @@ pub fn update_managed_fields(
         Some(old) => diff_maps(&tracked(old, subresource), &new_tracked, node),
         None => (set_of_map(&new_tracked, node), FieldSet::new()),
     };
-    let mut entries = old.map(read_entries).unwrap_or_default();
+    let mut entries = match requested_entries(new) {
+        Some(entries) => entries,
+        None => old.map(read_entries).unwrap_or_default(),
+    };
     let api_version = new.get("apiVersion").and_then(Value::as_str).unwrap_or("").to_owned();
     for entry in &mut entries {
         if !entry.is(manager, operation, subresource) {
@@ -461,6 +480,60 @@ mod tests {
         assert_eq!(entries.len(), 1, "{entries:?}");
         assert_eq!(entries[0]["fieldsV1"], json!({"f:data":{"f:y":{}}}));
         assert!(update_managed_fields(None, &mut b, "", Operation::Update, None, T1).is_err());
+    }
+
+    #[test]
+    fn clients_may_rewrite_or_clear_managed_fields() {
+        let mut live = json!({"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"web"},
+            "spec":{"replicas":1,"paused":false}});
+        update_managed_fields(
+            None,
+            &mut live,
+            "kubectl-client-side-apply",
+            Operation::Update,
+            None,
+            T1,
+        )
+        .unwrap();
+        // kubectl's client-side -> server-side apply migration renames the manager with a JSON
+        // patch of managedFields; the write itself changes nothing else.
+        let mut migrated = live.clone();
+        migrated["metadata"]["managedFields"][0]["manager"] = json!("kubectl");
+        migrated["metadata"]["managedFields"][0]["operation"] = json!("Apply");
+        update_managed_fields(Some(&live), &mut migrated, "kubectl", Operation::Update, None, T2)
+            .unwrap();
+        let entries = migrated["metadata"]["managedFields"].as_array().unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(
+            (entries[0]["manager"].as_str(), entries[0]["operation"].as_str()),
+            (Some("kubectl"), Some("Apply"))
+        );
+        // Now a server-side apply by `kubectl` owns replicas: no conflict.
+        let body = br#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"web"},"spec":{"replicas":3,"paused":false}}"#;
+        let applied = crate::patch::server_side_apply(&crate::patch::ApplyRequest {
+            live: Some(&migrated),
+            body,
+            manager: "kubectl",
+            force: false,
+            subresource: None,
+            time: T2,
+        })
+        .unwrap();
+        assert_eq!(applied["spec"]["replicas"], json!(3));
+        // A PUT of the object as read keeps the entries; malformed or empty lists are ignored;
+        // `[{}]` clears them.
+        for (sent, expected) in [
+            (live["metadata"]["managedFields"].clone(), 1),
+            (json!([{"manager": 5}]), 1),
+            (json!([]), 1),
+            (json!([{}]), 0),
+        ] {
+            let mut put = live.clone();
+            put["metadata"]["managedFields"] = sent.clone();
+            update_managed_fields(Some(&live), &mut put, "x", Operation::Update, None, T2).unwrap();
+            let n = put["metadata"]["managedFields"].as_array().map_or(0, Vec::len);
+            assert_eq!(n, expected, "{sent}");
+        }
     }
 
     #[test]

@@ -20,6 +20,8 @@ mod apply;
 mod fieldset;
 mod json;
 #[cfg(test)]
+mod kubectl_bodies;
+#[cfg(test)]
 mod laws;
 mod managed;
 mod strategic;

@@ -260,8 +260,10 @@ fn merge_keyed_list(
     Ok(Value::Array(result))
 }
 
-/// Orders `items` as `$setElementOrder` says; elements it does not name (server-only ones) keep
-/// their place relative to the elements that preceded them in the original list.
+/// Orders `items` as `$setElementOrder` says, the way upstream's `normalizeElementOrder` does:
+/// the elements the order names are sorted by it, the others (server-only) by their place in the
+/// original list, and the two runs are interleaved using the original list as the tie-breaker
+/// (a server-only element goes before a named one only if it came first in the original).
 fn apply_element_order(
     items: &[Value],
     order: &[Value],
@@ -284,33 +286,38 @@ fn apply_element_order(
         };
         wanted.push(id);
     }
-    let mut ordered: Vec<Value> = Vec::with_capacity(items.len());
-    for id in &wanted {
-        if let Some(item) = items.iter().find(|i| identity(i).as_ref() == Some(id)) {
-            ordered.push(item.clone());
-        }
-    }
-    // Server-only elements: insert each after its predecessor in the original list.
-    for (index, item) in items.iter().enumerate() {
-        let id = identity(item);
-        if id.as_ref().is_some_and(|id| wanted.contains(id)) {
-            continue;
-        }
-        let server_pos = server_order.iter().position(|s| identity(s) == id);
-        let insert_at = match server_pos {
-            Some(pos) => server_order[..pos]
-                .iter()
-                .rev()
-                .find_map(|prev| {
-                    let prev_id = identity(prev);
-                    ordered.iter().position(|o| identity(o) == prev_id).map(|p| p + 1)
-                })
-                .unwrap_or(0),
-            None => ordered.len().min(index),
+    let position = |list: &[Value], id: &Option<Value>| -> Option<usize> {
+        id.as_ref().and_then(|id| list.iter().position(|x| x == id))
+    };
+    let server_ids: Vec<Value> = server_order.iter().filter_map(identity).collect();
+    let (mut named, mut server_only): (Vec<&Value>, Vec<&Value>) =
+        items.iter().partition(|item| position(&wanted, &identity(item)).is_some());
+    // Stable sorts; an element missing from its order sorts first, as upstream's index of -1 does.
+    named.sort_by_key(|item| position(&wanted, &identity(item)).map_or(0, |p| p + 1));
+    server_only.sort_by_key(|item| position(&server_ids, &identity(item)).map_or(0, |p| p + 1));
+    let server_index = |item: &Value| position(&server_ids, &identity(item));
+    let mut out = Vec::with_capacity(items.len());
+    let (mut i, mut j) = (0, 0);
+    while i < server_only.len() || j < named.len() {
+        let take_server_only = if i >= server_only.len() {
+            false
+        } else if j >= named.len() {
+            true
+        } else {
+            matches!(
+                (server_index(server_only[i]), server_index(named[j])),
+                (Some(l), Some(r)) if l < r
+            )
         };
-        ordered.insert(insert_at, item.clone());
+        if take_server_only {
+            out.push(server_only[i].clone());
+            i += 1;
+        } else {
+            out.push(named[j].clone());
+            j += 1;
+        }
     }
-    Ok(ordered)
+    Ok(out)
 }
 
 #[cfg(test)]

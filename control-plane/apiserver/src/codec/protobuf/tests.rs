@@ -34,6 +34,11 @@ impl Enc {
         self.0.extend_from_slice(b);
         self
     }
+    pub(crate) fn fixed64(mut self, n: u32, bits: u64) -> Self {
+        self.varint((u64::from(n) << 3) | 1);
+        self.0.extend_from_slice(&bits.to_le_bytes());
+        self
+    }
     pub(crate) fn str(self, n: u32, s: &str) -> Self {
         self.bytes(n, s.as_bytes())
     }
@@ -236,6 +241,22 @@ fn self_subject_access_review_and_inline_fields() {
     assert_eq!(
         value["spec"]["containers"][0]["envFrom"],
         serde_json::json!([{"configMapRef": {"name": "cm"}}])
+    );
+}
+
+#[test]
+fn drain_eviction_keeps_zero_grace_period() {
+    // `kubectl drain --grace-period=0` evicts with DeleteOptions{gracePeriodSeconds: 0}: a Go
+    // pointer, so the zero must survive.
+    let raw = Enc::default()
+        .msg(1, Enc::default().str(1, "p1").str(3, "default"))
+        .msg(2, Enc::default().int(1, 0).str(4, ""));
+    let value = decode(&envelope("policy/v1", "Eviction", &raw)).unwrap();
+    assert_eq!(
+        value,
+        serde_json::json!({"apiVersion": "policy/v1", "kind": "Eviction",
+            "metadata": {"name": "p1", "namespace": "default"},
+            "deleteOptions": {"gracePeriodSeconds": 0}})
     );
 }
 

@@ -269,3 +269,44 @@ fn bad_apply_requests() {
         b"apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  paused: true\n";
     assert!(run(yaml, "m").contains("\"paused\": true"));
 }
+
+#[test]
+fn status_subresource_and_duplicate_keys() {
+    let live = apply(None, &web(1, "nginx:1.25"), "kubectl", false, T1).unwrap();
+    // A controller applies status through the status subresource: it owns only status, and the
+    // main resource's apply never touches it.
+    let status = json!({"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"web"},
+        "spec":{"replicas":7},
+        "status":{"replicas":1,"conditions":[{"type":"Available","status":"True"}]}});
+    let body = serde_json::to_vec(&status).unwrap();
+    let with_status = server_side_apply(&ApplyRequest {
+        live: Some(&live),
+        body: &body,
+        manager: "ctrl",
+        force: false,
+        subresource: Some("status"),
+        time: T2,
+    })
+    .unwrap();
+    assert_eq!(with_status["spec"]["replicas"], json!(1), "status apply ignores spec");
+    assert_eq!(with_status["status"]["replicas"], json!(1));
+    let ctrl = with_status["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["manager"] == "ctrl")
+        .unwrap();
+    assert_eq!(ctrl["subresource"], json!("status"));
+    assert_eq!(
+        ctrl["fieldsV1"],
+        json!({"f:status":{"f:conditions":{"k:{\"type\":\"Available\"}":{".":{},"f:status":{},"f:type":{}}},"f:replicas":{}}})
+    );
+    let reapplied = apply(Some(&with_status), &web(1, "nginx:1.25"), "kubectl", false, T3).unwrap();
+    assert_eq!(reapplied["status"], with_status["status"]);
+
+    let mut twice = web(1, "x");
+    twice["spec"]["template"]["spec"]["containers"] =
+        json!([{"name":"a","image":"x"},{"name":"a","image":"y"}]);
+    expect![[r#"error 400 BadRequest: .spec.template.spec.containers: duplicate entries for key [name="a"]"#]]
+        .assert_eq(&show(&apply(Some(&live), &twice, "kubectl", false, T2)));
+}

@@ -167,6 +167,26 @@ fn set_element_order_reorders_and_adds() {
         .map(|c| c["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["sidecar", "new", "nginx"]);
+
+    // Server-only elements interleave by their original position: live [a, b, c, d], the order
+    // names [d, b] (c and a are server-only): a came before b, c came before d.
+    let live = json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"},"spec":{"containers":[
+        {"name":"a"},{"name":"b"},{"name":"c"},{"name":"d"}]}});
+    let patch = json!({"spec":{"$setElementOrder/containers":[{"name":"d"},{"name":"b"}]}});
+    let result = strategic_merge_patch(&live, &patch).unwrap();
+    let names: Vec<&str> = result["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "c", "d", "b"]);
+    // Scalars: the named ones follow the order; y (server-only) came before z originally.
+    let live =
+        json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","finalizers":["x","y","z"]}});
+    let patch = json!({"metadata":{"$setElementOrder/finalizers":["z","x"],"finalizers":["z"]}});
+    let result = strategic_merge_patch(&live, &patch).unwrap();
+    assert_eq!(result["metadata"]["finalizers"], json!(["y", "z", "x"]));
 }
 
 #[test]
