@@ -23,6 +23,9 @@ enum Task {
     Ci,
     /// The main job: a 3-master cluster with a sample app, then eBPF vs iptables (see README).
     Demo,
+    /// Internal to `bench dataplane`: sequential TCP connects to ADDR, prints latency percentiles.
+    #[command(hide = true)]
+    ConnectLatency { addr: std::net::SocketAddr, count: usize },
     /// Benchmarks against their anchors; results in docs/benchmarks/<area>.{md,json}.
     Bench {
         #[command(subcommand)]
@@ -63,6 +66,9 @@ fn main() -> ExitCode {
         Task::Demo => xtask::demo::run_demo(),
         Task::Bench { area: BenchArea::Store { small, note } } => {
             xtask::bench_store::bench_store(small, note.as_deref())
+        }
+        Task::ConnectLatency { addr, count } => {
+            xtask::bench_dataplane::connect_latency(addr, count)
         }
         Task::Bench { area: BenchArea::Api { small, note } } => {
             xtask::bench_api::bench_api(small, note.as_deref())
