@@ -90,6 +90,15 @@ struct ProxyArgs {
     healthz: SocketAddr,
     #[arg(long, env = "SKIFF_PROXY_GC_INTERVAL_S", default_value_t = 30)]
     gc_interval_s: u64,
+    /// eBPF mode: interface that receives NodePort traffic (tc programs attach there).
+    #[arg(long, env = "SKIFF_PROXY_NODEPORT_IFACE", requires = "node_ip")]
+    nodeport_iface: Option<String>,
+    /// This node's address for NodePort traffic.
+    #[arg(long, env = "SKIFF_NODE_IP")]
+    node_ip: Option<std::net::Ipv4Addr>,
+    /// NodePort flows idle this long are removed from the conntrack map.
+    #[arg(long, env = "SKIFF_PROXY_CONNTRACK_IDLE_S", default_value_t = 3600)]
+    conntrack_idle_s: u64,
 }
 
 fn main() -> ExitCode {
@@ -130,6 +139,8 @@ fn main() -> ExitCode {
         churn_interval: Duration::from_millis(a.churn_interval_ms),
         healthz: Some(a.healthz),
         gc_interval: Duration::from_secs(a.gc_interval_s),
+        nodeport: a.nodeport_iface.zip(a.node_ip),
+        conntrack_idle: Duration::from_secs(a.conntrack_idle_s),
     };
     let result =
         if a.cleanup { standalone::cleanup(&cfg).map(|()| None) } else { standalone::run(&cfg) };

@@ -216,6 +216,11 @@ impl Topology {
         Ok(())
     }
 
+    /// The node's interface towards the client (its NodePort-facing "external" interface).
+    pub fn node_client_dev(&self) -> String {
+        format!("skt{}n", self.tag)
+    }
+
     pub fn probe(&mut self) -> &mut Probe {
         self.probe.as_mut().expect("probe started in build")
     }

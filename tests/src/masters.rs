@@ -258,6 +258,11 @@ impl Masters {
         self.spawn(i)
     }
 
+    /// PIDs of the running members.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().flatten().map(Child::id).collect()
+    }
+
     /// Process id of member `i`, if running.
     pub fn pid(&self, i: usize) -> Option<u32> {
         self.children[i].as_ref().map(Child::id)

@@ -10,14 +10,16 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
-use skiff_agent::kernel::bpf_lb::LbMapSizes;
+use skiff_agent::kernel::bpf_lb::{LbMapSizes, TcNodePort};
 use skiff_agent::kernel::iptables::{Iptables, IptablesBackend};
+use skiff_agent::proxy::ebpf::MAGLEV_SEED;
 use skiff_agent::proxy::ebpf::{EbpfConfig, EbpfProxier};
 use skiff_agent::proxy::iptables::{IptablesConfig, IptablesProxier};
+use skiff_agent::proxy::maglev;
 use skiff_agent::proxy::source::{Object, parse_objects};
 use skiff_agent::proxy::tracker::ServiceTracker;
 use skiff_agent::proxy::{DesiredState, Proxier, SyncReport};
-use skiff_e2e::dataplane::{BACKEND_PORT, Topology, backend_ip};
+use skiff_e2e::dataplane::{BACKEND_PORT, CLIENT_IP, NODE_CLIENT_SIDE, Topology, backend_ip};
 use skiff_e2e::{privileged, unique_tag, wait};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,14 +58,24 @@ enum Cond {
 struct Svc {
     name: String,
     vip: Ipv4Addr,
+    external_ips: Vec<Ipv4Addr>,
     endpoints: Vec<(usize, Cond)>,
     affinity: bool,
+    /// Annotation `service.skiff.io/lb-algorithm: maglev`.
+    maglev: bool,
+    /// `externalTrafficPolicy: Local`; backends with an index in `local` run on this node.
+    external_local: bool,
+    local: Vec<usize>,
 }
 
 fn svc(name: &str, vip: [u8; 4], endpoints: &[usize]) -> Svc {
     Svc {
         name: name.to_owned(),
         vip: Ipv4Addr::from(vip),
+        external_ips: Vec::new(),
+        external_local: false,
+        maglev: false,
+        local: Vec::new(),
         endpoints: endpoints.iter().map(|i| (*i, Cond::Ready)).collect(),
         affinity: false,
     }
@@ -74,12 +86,24 @@ fn objects(services: &[Svc]) -> Vec<Value> {
     for s in services {
         let mut spec = json!({
             "clusterIP": s.vip.to_string(),
-            "ports": [{"name": "tcp", "port": 80, "protocol": "TCP"}, {"name": "udp", "port": 80, "protocol": "UDP"}],
+            "ports": [{"name": "tcp", "port": 80, "protocol": "TCP", "nodePort": NODE_PORT},
+                      {"name": "udp", "port": 80, "protocol": "UDP", "nodePort": NODE_PORT}],
+            "type": "NodePort",
         });
         if s.affinity {
             spec["sessionAffinity"] = json!("ClientIP");
         }
-        out.push(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": s.name, "namespace": "conf"}, "spec": spec}));
+        if s.external_local {
+            spec["externalTrafficPolicy"] = json!("Local");
+        }
+        if !s.external_ips.is_empty() {
+            spec["externalIPs"] =
+                json!(s.external_ips.iter().map(ToString::to_string).collect::<Vec<_>>());
+        }
+        let annotations =
+            if s.maglev { json!({"service.skiff.io/lb-algorithm": "maglev"}) } else { json!({}) };
+        out.push(json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": s.name, "namespace": "conf", "annotations": annotations}, "spec": spec}));
         let endpoints: Vec<Value> = s
             .endpoints
             .iter()
@@ -90,7 +114,8 @@ fn objects(services: &[Svc]) -> Vec<Value> {
                         json!({"ready": false, "serving": true, "terminating": true})
                     }
                 };
-                json!({"addresses": [backend_ip(*i).to_string()], "conditions": conditions})
+                let node = if s.local.contains(i) { "node" } else { "other-node" };
+                json!({"addresses": [backend_ip(*i).to_string()], "conditions": conditions, "nodeName": node})
             })
             .collect();
         out.push(json!({
@@ -120,6 +145,8 @@ fn desired(services: &[Svc]) -> Result<DesiredState> {
 
 struct Harness {
     mode: Mode,
+    /// eBPF mode: the tc NodePort programs on the node's interfaces.
+    nodeport: Option<TcNodePort>,
     // Drop order: the proxier (its Drop below cleans up), then the topology.
     backend: Option<Backend>,
     topo: Topology,
@@ -139,7 +166,7 @@ impl Harness {
         let bpffs = std::env::temp_dir().join(format!("skiff-test-{tag}-bpf"));
         skiff_agent::kernel::bpf_lb::ensure_bpffs(&bpffs)?;
         let pin_root = bpffs.join("skiff");
-        let mut h = Harness { mode, backend: None, topo, pin_root, sizes };
+        let mut h = Harness { mode, nodeport: None, backend: None, topo, pin_root, sizes };
         h.start()?;
         Ok(h)
     }
@@ -160,12 +187,23 @@ impl Harness {
                 Backend::Iptables(IptablesProxier::start(ipt, IptablesConfig::default())?)
             }
         });
+        // After the socket LB: its maps (sized from the flags) are the ones the tc programs adopt.
+        if self.mode == Mode::Ebpf && self.nodeport.is_none() {
+            let (pin_root, ext, sizes) =
+                (self.pin_root.clone(), self.topo.node_client_dev(), self.sizes);
+            self.nodeport = Some(
+                self.topo
+                    .node
+                    .run(move || TcNodePort::attach(&pin_root, sizes, NODE_CLIENT_SIDE, &ext))??,
+            );
+        }
         Ok(())
     }
 
     /// Drops the proxier without cleaning up, as an agent that exits, and starts a new one.
     fn restart(&mut self) -> Result<()> {
         self.backend = None;
+        self.nodeport = None;
         self.start()
     }
 
@@ -187,6 +225,7 @@ impl Harness {
 
 impl Drop for Harness {
     fn drop(&mut self) {
+        self.nodeport = None;
         match self.backend.take() {
             Some(Backend::Ebpf(p)) => {
                 let _ = p.cleanup(&self.pin_root);
@@ -214,6 +253,7 @@ fn counts(ids: &[String]) -> BTreeMap<String, usize> {
 }
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const NODE_PORT: u16 = 30080;
 
 fn run(mode: Mode, name: &str, test: fn(&mut Harness) -> Result<()>) {
     let full = format!("{mode:?}::{name}");
@@ -282,6 +322,64 @@ fn udp_works_both_ways(h: &mut Harness) -> Result<()> {
     Ok(())
 }
 
+/// An external IP is a frontend too, for TCP and UDP, and the client sees it as the peer.
+fn external_ip_is_balanced_like_the_cluster_ip(h: &mut Harness) -> Result<()> {
+    let ext = Ipv4Addr::new(192, 0, 2, 10);
+    let mut s = svc("web", [10, 96, 0, 10], &[0, 1, 2, 3]);
+    s.external_ips.push(ext);
+    h.sync(&[s])?;
+    let words = h.topo.probe().ok(&format!("tcp {ext} 80 40"))?;
+    let spread = counts(&words[0].split(',').map(str::to_owned).collect::<Vec<_>>());
+    ensure!(spread.len() > 1, "balanced over backends: {spread:?}");
+    ensure!(words[1] == format!("peer={ext}:80"), "{words:?}");
+    let words = h.topo.probe().ok(&format!("udp {ext} 80 10"))?;
+    ensure!(
+        words[1] == format!("from={ext}:80"),
+        "UDP replies come from the external IP: {words:?}"
+    );
+    Ok(())
+}
+
+/// NodePort from an "external" namespace (the client does not go through socket LB for the
+/// node's own address): TCP is balanced and answered from the node address, UDP both ways.
+fn node_port_from_outside(h: &mut Harness) -> Result<()> {
+    h.sync(&[svc("web", [10, 96, 0, 10], &[0, 1, 2, 3])])?;
+    let node = NODE_CLIENT_SIDE;
+    let words = h.topo.probe().ok(&format!("tcp {node} {NODE_PORT} 40"))?;
+    let spread = counts(&words[0].split(',').map(str::to_owned).collect::<Vec<_>>());
+    ensure!(spread.len() > 1, "balanced over backends: {spread:?}");
+    ensure!(words[1] == format!("peer={node}:{NODE_PORT}"), "{words:?}");
+    let words = h.topo.probe().ok(&format!("udp {node} {NODE_PORT} 10"))?;
+    ensure!(
+        words[1] == format!("from={node}:{NODE_PORT}"),
+        "UDP replies come from the node: {words:?}"
+    );
+    if let Some(np) = &mut h.nodeport {
+        let tracked = np.conntrack_entries()?;
+        ensure!(tracked >= 2 * 50, "the tc program tracked every flow both ways: {tracked}");
+        ensure!(np.gc(Duration::from_hours(1))? == 0, "no flow is an hour old");
+        ensure!(np.gc(Duration::ZERO)? == tracked, "idle GC removes every entry");
+        ensure!(np.conntrack_entries()? == 0);
+    }
+    Ok(())
+}
+
+/// `externalTrafficPolicy: Local`: NodePort traffic from outside reaches only the endpoints on
+/// this node; the ClusterIP still reaches all of them.
+fn external_traffic_policy_local(h: &mut Harness) -> Result<()> {
+    let mut s = svc("web", [10, 96, 0, 10], &[0, 1, 2, 3]);
+    s.external_local = true;
+    s.local = vec![1, 2];
+    h.sync(&[s])?;
+    let words = h.topo.probe().ok(&format!("tcp {NODE_CLIENT_SIDE} {NODE_PORT} 40"))?;
+    let spread = counts(&words[0].split(',').map(str::to_owned).collect::<Vec<_>>());
+    ensure!(spread.keys().all(|b| b == "b1" || b == "b2"), "only local endpoints: {spread:?}");
+    ensure!(spread.len() == 2, "both local endpoints used: {spread:?}");
+    let all = counts(&h.tcp(VIP, 60)?);
+    ensure!(all.len() == 4, "the ClusterIP uses every endpoint: {all:?}");
+    Ok(())
+}
+
 /// A removed endpoint gets no new connections (within 1 s of the sync).
 fn removed_endpoint_gets_no_new_connections(h: &mut Harness) -> Result<()> {
     h.sync(&[svc("web", [10, 96, 0, 10], &[0, 1, 2, 3])])?;
@@ -341,9 +439,14 @@ fn restart_keeps_established_connections(h: &mut Harness) -> Result<()> {
     h.sync(&services)?;
     let words = h.topo.probe().ok(&format!("hold {VIP} 80"))?;
     let (index, id) = (words[0].clone(), words[1].clone());
+    // A NodePort flow too (per-packet NAT in tc or iptables: needs the state to survive).
+    let words = h.topo.probe().ok(&format!("hold {NODE_CLIENT_SIDE} {NODE_PORT}"))?;
+    let (np_index, np_id) = (words[0].clone(), words[1].clone());
     h.restart()?;
     let echo = h.topo.probe().ok(&format!("ping {index}"))?;
     ensure!(echo == [id.as_str(), "ping"], "{echo:?}");
+    let echo = h.topo.probe().ok(&format!("ping {np_index}"))?;
+    ensure!(echo == [np_id.as_str(), "ping"], "NodePort stream across the restart: {echo:?}");
     let report = h.sync(&services)?;
     if h.mode == Mode::Ebpf {
         ensure!(report.changed == 0, "adopted maps already match: {report:?}");
@@ -371,6 +474,88 @@ fn map_full_is_an_error_and_a_metric(h: &mut Harness) -> Result<()> {
     Ok(())
 }
 
+/// Everything a test creates is gone after it, also when it panics half-way.
+fn cleanup_after_panic(mode: Mode) {
+    let name = "cleanup_after_panic";
+    if !privileged::privileged(name) || !privileged::tools(name, &["ip", "iptables"]) {
+        return;
+    }
+    let mut paths = Vec::new();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut h = Harness::new(mode, 2, LbMapSizes::default()).expect("topology");
+        h.sync(&[svc("web", [10, 96, 0, 10], &[0, 1])]).expect("sync");
+        paths.push(h.topo.cgroup.path.clone());
+        paths.push(h.topo.client.path().to_owned());
+        paths.push(h.topo.node.path().to_owned());
+        paths.push(h.topo.backend.path().to_owned());
+        paths.extend(h.pin_root.parent().map(std::path::Path::to_owned));
+        panic!("deliberate failure with the data plane programmed");
+    }));
+    assert!(result.is_err());
+    for p in &paths {
+        assert!(!p.exists(), "{} left behind", p.display());
+    }
+}
+
+/// eBPF only (iptables leaves this to the kernel's conntrack): the socket reverse-NAT entries of
+/// a removed Service are garbage-collected, and the count shows on /metrics.
+#[test]
+fn ebpf_gc_removes_reverse_nat_entries_of_removed_services() {
+    let name = "ebpf_gc_removes_reverse_nat_entries_of_removed_services";
+    if !privileged::privileged(name) {
+        return;
+    }
+    let mut h = Harness::new(Mode::Ebpf, 2, LbMapSizes::default()).expect("topology");
+    h.sync(&[svc("dns", [10, 96, 0, 10], &[0, 1])]).unwrap();
+    h.topo.probe().ok(&format!("udp {VIP} 80 5")).unwrap();
+    h.sync(&[]).unwrap();
+    let Some(Backend::Ebpf(p)) = h.backend.as_mut() else { panic!("eBPF mode") };
+    let removed = p.gc().unwrap();
+    assert!(removed >= 5, "one entry per UDP socket: {removed}");
+    assert_eq!(p.gc().unwrap(), 0, "nothing left to collect");
+    let m = h.metrics();
+    assert!(m.contains(&format!("skiff_proxy_gc_removed_total {removed}")), "{m}");
+}
+
+/// eBPF only (iptables has no Maglev): with the Maglev annotation every NodePort flow reaches
+/// exactly the backend the userspace table names for its hash, so every node maps it alike and
+/// a backend change moves only the flows the table moves (≈ 1/N, unit-tested in `maglev`).
+#[test]
+fn ebpf_nodeport_maglev_follows_the_table() {
+    let name = "ebpf_nodeport_maglev_follows_the_table";
+    if !privileged::privileged(name) {
+        return;
+    }
+    let mut h = Harness::new(Mode::Ebpf, 4, LbMapSizes::default()).expect("topology");
+    let mut s = svc("web", [10, 96, 0, 10], &[0, 1, 2, 3]);
+    s.maglev = true;
+    h.sync(&[s]).unwrap();
+    let names: Vec<String> = (0..4).map(|i| format!("{}:{BACKEND_PORT}", backend_ip(i))).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let table = maglev::build_table(&refs, MAGLEV_SEED, 1021);
+    let words = h.topo.probe().ok(&format!("tcpports {NODE_CLIENT_SIDE} {NODE_PORT} 40")).unwrap();
+    let mut seen = BTreeMap::new();
+    for flow in words[0].split(',') {
+        let (id, port) = flow.split_once(':').unwrap();
+        let port: u16 = port.parse().unwrap();
+        let hash = maglev::flow_hash(CLIENT_IP, NODE_CLIENT_SIDE, port, NODE_PORT, 6);
+        let want = format!("b{}", table[(hash % 1021) as usize]);
+        assert_eq!(id, want, "flow from port {port}");
+        *seen.entry(want).or_insert(0) += 1;
+    }
+    assert!(seen.len() > 1, "flows spread over backends: {seen:?}");
+}
+
+#[test]
+fn ebpf_cleanup_after_panic() {
+    cleanup_after_panic(Mode::Ebpf);
+}
+
+#[test]
+fn iptables_cleanup_after_panic() {
+    cleanup_after_panic(Mode::Iptables);
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod ebpf {
@@ -390,6 +575,9 @@ conformance!(
     client_ip_affinity_is_stable,
     getpeername_shows_the_service_address,
     udp_works_both_ways,
+    external_ip_is_balanced_like_the_cluster_ip,
+    node_port_from_outside,
+    external_traffic_policy_local,
     removed_endpoint_gets_no_new_connections,
     service_without_endpoints_refuses,
     terminating_endpoint_keeps_existing_connections,

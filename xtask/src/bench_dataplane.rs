@@ -320,6 +320,55 @@ fn wrk(env: &Env, url: &str, close: bool, args: &DataplaneArgs) -> Result<(f64, 
     Ok((rps, pct("50%"), pct("99%"), errors))
 }
 
+/// `cargo xtask connect-latency`: `count` sequential `connect()`s to `addr` (each closed at
+/// once); prints `{"p50_us":…,"p99_us":…,"failed":…}`. Run by the benchmark inside the client
+/// namespace and the bench cgroup, so each connect goes through the mode under test.
+pub fn connect_latency(addr: std::net::SocketAddr, count: usize) -> Result<()> {
+    let mut us = Vec::with_capacity(count);
+    let mut failed = 0usize;
+    for _ in 0..count {
+        let t = std::time::Instant::now();
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(s) => {
+                us.push(t.elapsed().as_secs_f64() * 1e6);
+                drop(s);
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    us.sort_by(f64::total_cmp);
+    let pick = |q: f64| -> f64 {
+        if us.is_empty() {
+            return f64::NAN;
+        }
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss,
+            reason = "small index"
+        )]
+        let i = ((us.len() - 1) as f64 * q).round() as usize;
+        us[i]
+    };
+    println!("{}", json!({"p50_us": pick(0.5), "p99_us": pick(0.99), "failed": failed}));
+    Ok(())
+}
+
+/// Runs `connect-latency` in the client netns and bench cgroup; returns (p50 µs, p99 µs).
+fn measure_connect(env: &Env, addr: &str) -> Result<(f64, f64)> {
+    let me = std::env::current_exe().context("own path")?;
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec ip netns exec {} {} connect-latency {addr} 2000",
+        env.cgroup.display(),
+        env.ns("client"),
+        me.display()
+    );
+    let out = output(Command::new("sh").args(["-c", &script]))?;
+    let v: Value =
+        serde_json::from_str(out.trim()).with_context(|| format!("connect-latency said: {out}"))?;
+    Ok((v["p50_us"].as_f64().unwrap_or(f64::NAN), v["p99_us"].as_f64().unwrap_or(f64::NAN)))
+}
+
 fn parse_duration_ms(v: &str) -> f64 {
     let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
     let n: f64 = num.parse().unwrap_or(f64::NAN);
@@ -406,11 +455,18 @@ pub fn run_dataplane(args: &DataplaneArgs) -> Result<()> {
             println!("bench dataplane: {} × {n}: measuring", mode.name());
             let close = wrk(&env, &url, true, args);
             let keep = wrk(&env, &url, false, args);
+            let target = if mode == Mode::Direct {
+                format!("{}:8080", BACKENDS[0])
+            } else {
+                format!("{VIP}:80")
+            };
+            let connect = measure_connect(&env, &target);
             if mode != Mode::Direct {
                 agent_cleanup(&env, mode, &source)?;
             }
             let (conn_s, p50, p99, close_errors) = close?;
             let (req_s, _, _, keep_errors) = keep?;
+            let (connect_p50, connect_p99) = connect?;
             let (full, ch50, ch99, cpu) = if sync.is_null() {
                 (f64::NAN, f64::NAN, f64::NAN, f64::NAN)
             } else {
@@ -420,7 +476,7 @@ pub fn run_dataplane(args: &DataplaneArgs) -> Result<()> {
                 "  conn/s {conn_s:.0}  keep-alive req/s {req_s:.0}  p50 {p50:.3} ms  p99 {p99:.3} ms  full sync {full:.3} s  change p50 {ch50:.2} ms"
             );
             rows.push(json!({"mode": mode.name(), "services": n, "conn_per_s": conn_s, "keepalive_req_per_s": req_s,
-                "close_latency_p50_ms": p50, "close_latency_p99_ms": p99, "full_sync_s": full, "change_p50_ms": ch50,
+                "close_latency_p50_ms": p50, "close_latency_p99_ms": p99, "connect_p50_us": connect_p50, "connect_p99_us": connect_p99, "full_sync_s": full, "change_p50_ms": ch50,
                 "change_p99_ms": ch99, "churn_cpu_percent": cpu, "wrk_socket_errors_close": close_errors,
                 "wrk_socket_errors_keepalive": keep_errors, "agent": sync}));
         }
@@ -529,6 +585,17 @@ fn write_report(args: &DataplaneArgs, rows: &[Value], legacy: &[Value], load: &s
             get(rows, "ebpf", n, "keepalive_req_per_s"),
         );
         let _ = writeln!(md, "| {n} | {d:.0} | {i:.0} | {e:.0} | {:.2}× |", e / d);
+    }
+    md.push_str("\n## Connect latency (2,000 sequential `connect()` calls, µs)\n\n| Services | direct p50 / p99 | iptables p50 / p99 | eBPF p50 / p99 |\n|---|---|---|---|\n");
+    for &n in &args.services {
+        let f = |m: &str| {
+            format!(
+                "{:.0} / {:.0}",
+                get(rows, m, n, "connect_p50_us"),
+                get(rows, m, n, "connect_p99_us")
+            )
+        };
+        let _ = writeln!(md, "| {n} | {} | {} | {} |", f("direct"), f("iptables"), f("ebpf"));
     }
     md.push_str("\n## Request latency on new connections (wrk, from request sent to response; connect time not included), ms\n\n| Services | direct p50 / p99 | iptables p50 / p99 | eBPF p50 / p99 |\n|---|---|---|---|\n");
     for &n in &args.services {

@@ -3,6 +3,7 @@
 
 pub mod bench_api;
 pub mod bench_dataplane;
+pub mod bench_store;
 pub mod ci;
 pub mod demo;
 pub mod ebpf;

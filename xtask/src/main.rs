@@ -21,8 +21,11 @@ enum Task {
     Images,
     /// Everything CI runs: fmt, build-ebpf, clippy -D warnings, all tests.
     Ci,
-    /// The main job (today: the eBPF and container proofs; see README).
+    /// The main job: a 3-master cluster with a sample app, then eBPF vs iptables (see README).
     Demo,
+    /// Internal to `bench dataplane`: sequential TCP connects to ADDR, prints latency percentiles.
+    #[command(hide = true)]
+    ConnectLatency { addr: std::net::SocketAddr, count: usize },
     /// Benchmarks against their anchors; results in docs/benchmarks/<area>.{md,json}.
     Bench {
         #[command(subcommand)]
@@ -32,6 +35,15 @@ enum Task {
 
 #[derive(Subcommand)]
 enum BenchArea {
+    /// 3-member Skiff store vs 3-member etcd 3.4 with the same client.
+    Store {
+        /// Quick smoke scale (2k writes, 2 s phases) instead of the full run.
+        #[arg(long)]
+        small: bool,
+        /// A note for the report (e.g. that the machine was busy).
+        #[arg(long)]
+        note: Option<String>,
+    },
     /// API server on 3 masters: pod creates at 64 clients, lists of 10k pods, 1000 watchers.
     Api {
         /// Quick smoke scale (1k pods, 100 watchers) instead of the full run.
@@ -52,6 +64,12 @@ fn main() -> ExitCode {
         Task::Images => xtask::images::build_images(),
         Task::Ci => xtask::ci::run_ci(),
         Task::Demo => xtask::demo::run_demo(),
+        Task::Bench { area: BenchArea::Store { small, note } } => {
+            xtask::bench_store::bench_store(small, note.as_deref())
+        }
+        Task::ConnectLatency { addr, count } => {
+            xtask::bench_dataplane::connect_latency(addr, count)
+        }
         Task::Bench { area: BenchArea::Api { small, note } } => {
             xtask::bench_api::bench_api(small, note.as_deref())
         }

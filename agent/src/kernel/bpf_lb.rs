@@ -32,6 +32,11 @@ pub const SOCK_PROGRAMS: [&str; 4] =
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const SVC_FLAG_AFFINITY: u16 = 1;
+pub const SVC_FLAG_MAGLEV: u16 = 2;
+/// `LB4_MAGLEV_M`: entries of a Maglev row.
+pub const MAGLEV_M: usize = 1021;
+/// Mirror of `struct lb4_maglev_row`: backend ids.
+pub type MaglevRow = [u32; MAGLEV_M];
 pub const BACKEND_ACTIVE: u8 = 0;
 pub const BACKEND_TERMINATING: u8 = 1;
 
@@ -281,6 +286,7 @@ pub struct SockLb {
     revnat: HashMap<MapData, u32, RevNat>,
     sock_revnat: HashMap<MapData, SkRevKey, SkRevVal>,
     affinity: HashMap<MapData, AffKey, AffVal>,
+    maglev: HashMap<MapData, u32, MaglevRow>,
     stats: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
 }
@@ -337,9 +343,21 @@ impl SockLb {
         let revnat = take(&mut ebpf, "revnat4")?;
         let sock_revnat = take(&mut ebpf, "sock_revnat4")?;
         let affinity = take(&mut ebpf, "affinity4")?;
+        let maglev = take(&mut ebpf, "maglev4")?;
         let stats = take(&mut ebpf, "lb_stats")?;
         let events = Some(take(&mut ebpf, "lb_events")?);
-        Ok(SockLb { ebpf, pin_dir, svc, backends, revnat, sock_revnat, affinity, stats, events })
+        Ok(SockLb {
+            ebpf,
+            pin_dir,
+            svc,
+            backends,
+            revnat,
+            sock_revnat,
+            affinity,
+            maglev,
+            stats,
+            events,
+        })
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -427,6 +445,12 @@ impl SockLb {
     }
     pub fn backend_entries(&self) -> Result<Vec<(u32, BackendVal)>, LbError> {
         self.backends.iter().collect::<Result<_, _>>().map_err(map_err("be4"))
+    }
+    pub fn maglev_insert(&mut self, svc_id: u32, row: &MaglevRow) -> Result<(), LbError> {
+        self.maglev.insert(svc_id, row, 0).map_err(map_err("maglev4"))
+    }
+    pub fn maglev_remove(&mut self, svc_id: u32) -> Result<(), LbError> {
+        ignore_missing(self.maglev.remove(&svc_id)).map_err(map_err("maglev4"))
     }
     pub fn revnat_insert(&mut self, id: u32, val: RevNat) -> Result<(), LbError> {
         self.revnat.insert(id, val, 0).map_err(map_err("revnat4"))
@@ -558,4 +582,150 @@ pub fn remove_pins(pin_root: &Path) -> Result<(), LbError> {
         path: pin_root.to_owned(),
         source,
     })
+}
+
+/// `ebpf/tc_nodeport.c`: per-packet NodePort DNAT with an LRU conntrack and reverse NAT.
+pub static TC_NODEPORT_OBJ: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc_nodeport.o"));
+
+const NODEPORT_OBJECT: &str = "tc_nodeport.o";
+
+/// The tc NodePort programs, sharing `svc4`/`be4` with the socket LB through the same pin
+/// directory. Their links are pinned (`<pin dir>/links/<program>-<iface>`): they stay attached
+/// when the agent exits, and the next agent swaps its programs into them atomically.
+pub struct TcNodePort {
+    ebpf: Ebpf,
+    _links: Vec<aya::programs::tc::SchedClassifierLinkId>,
+}
+
+impl std::fmt::Debug for TcNodePort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcNodePort").finish_non_exhaustive()
+    }
+}
+
+impl TcNodePort {
+    /// Loads the programs for a node whose NodePort address is `node_ip`, with maps pinned
+    /// under `<pin_root>/v<LB_LAYOUT>`, and attaches `nodeport_in` to the ingress and
+    /// `nodeport_reply` to the egress of `external_if` (reverse NAT on the way out: a packet
+    /// with the node's own source address would be dropped as martian if rewritten on ingress).
+    /// Interface names are resolved in the calling thread's network namespace.
+    pub fn attach(
+        pin_root: &Path,
+        sizes: LbMapSizes,
+        node_ip: Ipv4Addr,
+        external_if: &str,
+    ) -> Result<Self, LbError> {
+        use aya::programs::tc::TcAttachOptions;
+        use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
+
+        let pin_dir = pin_root.join(format!("v{LB_LAYOUT}"));
+        fs::create_dir_all(&pin_dir).map_err(|source| LbError::Io {
+            op: "create pin directory",
+            path: pin_dir.clone(),
+            source,
+        })?;
+        let node_ip_be = u32::from(node_ip).to_be();
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&pin_dir)
+            .map_max_entries("svc4", sizes.services)
+            .map_max_entries("be4", sizes.backends)
+            .override_global("NODE_IP", &node_ip_be, true)
+            .load(TC_NODEPORT_OBJ)
+            .map_err(|source| BpfError::Load { object: NODEPORT_OBJECT, source })?;
+        let links_dir = pin_dir.join("links");
+        fs::create_dir_all(&links_dir).map_err(|source| LbError::Io {
+            op: "create link pin directory",
+            path: links_dir.clone(),
+            source,
+        })?;
+        let mut links = Vec::new();
+        for (name, direction) in
+            [("nodeport_in", TcAttachType::Ingress), ("nodeport_reply", TcAttachType::Egress)]
+        {
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(BpfError::Missing { object: NODEPORT_OBJECT, what: "program", name })?
+                .try_into()
+                .map_err(|source| BpfError::Program { program: name, source })?;
+            program.load().map_err(|source| BpfError::Program { program: name, source })?;
+            let path = links_dir.join(format!("{name}-{external_if}"));
+            let link_err = |message: String| LbError::Link { path: path.clone(), message };
+            if path.exists() {
+                // An earlier agent's link: swap our program in atomically (no gap for packets).
+                let pinned = PinnedLink::from_pin(&path).map_err(|e| link_err(e.to_string()))?;
+                let link = aya::programs::tc::SchedClassifierLink::try_from(FdLink::from(pinned))
+                    .map_err(|e| link_err(e.to_string()))?;
+                let id = program
+                    .attach_to_link(link)
+                    .map_err(|source| BpfError::Program { program: name, source })?;
+                links.push(id);
+            } else {
+                let id = program
+                    .attach_with_options(
+                        external_if,
+                        direction,
+                        TcAttachOptions::TcxOrder(LinkOrder::first()),
+                    )
+                    .map_err(|source| BpfError::Program { program: name, source })?;
+                // Pinned, the link stays attached when the agent exits.
+                let link = program
+                    .take_link(id)
+                    .map_err(|source| BpfError::Program { program: name, source })?;
+                let fd: FdLink = link
+                    .try_into()
+                    .map_err(|e: aya::programs::links::LinkError| link_err(e.to_string()))?;
+                fd.pin(&path).map_err(|e| link_err(e.to_string()))?;
+            }
+        }
+        Ok(TcNodePort { ebpf, _links: links })
+    }
+
+    /// Removes conntrack entries idle for longer than `idle` (by the `last_ns` the programs
+    /// refresh on every packet, `bpf_ktime_get_ns` = `CLOCK_MONOTONIC`). Returns how many.
+    pub fn gc(&mut self, idle: std::time::Duration) -> Result<usize, LbError> {
+        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_err(|e| {
+            LbError::Io {
+                op: "clock_gettime",
+                path: PathBuf::new(),
+                source: io::Error::from_raw_os_error(e as i32),
+            }
+        })?;
+        let now_ns = u64::try_from(now.tv_sec()).unwrap_or(0) * 1_000_000_000
+            + u64::try_from(now.tv_nsec()).unwrap_or(0);
+        let idle_ns = u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX);
+        let map = self.ebpf.map_mut("ct4").ok_or(BpfError::Missing {
+            object: NODEPORT_OBJECT,
+            what: "map",
+            name: "ct4",
+        })?;
+        let mut ct: HashMap<&mut MapData, [u8; 16], [u8; 24]> =
+            HashMap::try_from(map).map_err(|source| LbError::Map { map: "ct4", source })?;
+        let stale: Vec<[u8; 16]> = ct
+            .iter()
+            .flatten()
+            .filter(|(_, v)| {
+                let mut last = [0u8; 8];
+                last.copy_from_slice(&v[16..24]);
+                now_ns.saturating_sub(u64::from_ne_bytes(last)) >= idle_ns
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for k in &stale {
+            ignore_missing(ct.remove(k)).map_err(map_err("ct4"))?;
+        }
+        Ok(stale.len())
+    }
+
+    /// Flows in the conntrack map (both directions).
+    pub fn conntrack_entries(&self) -> Result<usize, LbError> {
+        let map = self.ebpf.map("ct4").ok_or(BpfError::Missing {
+            object: NODEPORT_OBJECT,
+            what: "map",
+            name: "ct4",
+        })?;
+        let ct: HashMap<&MapData, [u8; 16], [u8; 24]> =
+            HashMap::try_from(map).map_err(|source| LbError::Map { map: "ct4", source })?;
+        Ok(ct.keys().flatten().count())
+    }
 }

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use crate::kernel::bpf_lb::{
     self, BACKEND_ACTIVE, BACKEND_TERMINATING, BackendVal, IPPROTO_TCP, IPPROTO_UDP, LB_STATS,
-    LbError, LbMapSizes, RevNat, SVC_FLAG_AFFINITY, SockLb, SvcKey, SvcVal,
+    LbError, LbMapSizes, MAGLEV_M, MaglevRow, RevNat, SVC_FLAG_AFFINITY, SVC_FLAG_MAGLEV, SockLb,
+    SvcKey, SvcVal,
 };
 
 use super::{
@@ -98,11 +99,18 @@ pub fn contribution(sp: &ServicePort, ids: &mut Ids) -> LbState {
         }
         id
     };
-    let slots: Vec<u32> = sp
-        .usable_endpoints()
-        .iter()
-        .map(|e| backend_id(e.ip, e.port, BACKEND_ACTIVE, &mut state))
-        .collect();
+    let usable = sp.usable_endpoints();
+    let slots: Vec<u32> =
+        usable.iter().map(|e| backend_id(e.ip, e.port, BACKEND_ACTIVE, &mut state)).collect();
+    // externalTrafficPolicy: Local: traffic from outside (the tc NodePort path) goes only to
+    // endpoints on this node, so the client address is kept (no SNAT). Local sockets (socket
+    // LB, ClusterIP and external IPs) still use every endpoint, as kube-proxy does for LOCAL
+    // traffic.
+    let external_slots: Vec<u32> = if sp.external_local {
+        usable.iter().zip(&slots).filter(|(e, _)| e.local).map(|(_, id)| *id).collect()
+    } else {
+        slots.clone()
+    };
     for e in sp.draining_endpoints() {
         backend_id(e.ip, e.port, BACKEND_TERMINATING, &mut state);
     }
@@ -110,8 +118,12 @@ pub fn contribution(sp: &ServicePort, ids: &mut Ids) -> LbState {
         Some(t) => (SVC_FLAG_AFFINITY, t),
         None => (0, 0),
     };
-    for vip in sp.frontends() {
-        let key = SvcKey::new(vip, sp.port, proto, 0);
+    // NodePort frontends use address 0 (any node address), read by the tc NodePort program.
+    let node_port = sp.node_port.map(|np| (Ipv4Addr::UNSPECIFIED, np));
+    for (vip, port) in sp.frontends().into_iter().map(|v| (v, sp.port)).chain(node_port) {
+        let key = SvcKey::new(vip, port, proto, 0);
+        let slots = if vip.is_unspecified() { &external_slots } else { &slots };
+        let flags = if vip.is_unspecified() && sp.maglev { flags | SVC_FLAG_MAGLEV } else { flags };
         let next = &mut ids.next_svc;
         let svc_id = *ids.svc.entry(key).or_insert_with(|| {
             *next += 1;
@@ -163,6 +175,27 @@ pub enum MapOp {
     SlotDel(SvcKey),
     RevNatDel(u32),
     BackendDel(u32),
+    /// A frontend's Maglev row (backend ids), written before its slot 0.
+    MaglevPut(u32, Box<MaglevRow>),
+    MaglevDel(u32),
+}
+
+/// Seed of the Maglev tables: the same on every node, so every node maps a flow alike.
+pub const MAGLEV_SEED: u64 = 0x736b_6966_665f_6d67;
+
+/// The Maglev row of a frontend: its backends (by `ip:port`) spread over [`MAGLEV_M`] entries.
+fn maglev_row(slots: &[u32], backends: &BTreeMap<u32, BackendVal>) -> Option<Box<MaglevRow>> {
+    let names: Vec<String> = slots
+        .iter()
+        .map(|id| backends.get(id).map(|b| format!("{}:{}", b.addr(), b.host_port())))
+        .collect::<Option<_>>()?;
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let table = super::maglev::build_table(&refs, MAGLEV_SEED, u32::try_from(MAGLEV_M).ok()?);
+    let mut row = Box::new([0u32; MAGLEV_M]);
+    for (entry, index) in row.iter_mut().zip(table) {
+        *entry = slots[index as usize];
+    }
+    Some(row)
 }
 
 /// Writes that belong together: one frontend's, or the shared backend writes.
@@ -209,6 +242,12 @@ pub fn plan(current: &LbState, desired: &LbState) -> Vec<OpGroup> {
                 ));
             }
         }
+        if want.flags & SVC_FLAG_MAGLEV != 0
+            && !want.slots.is_empty()
+            && let Some(row) = maglev_row(&want.slots, &desired.backends)
+        {
+            ops.push(MapOp::MaglevPut(want.svc_id, row));
+        }
         ops.push(MapOp::SlotPut(
             *key,
             SvcVal {
@@ -236,6 +275,9 @@ pub fn plan(current: &LbState, desired: &LbState) -> Vec<OpGroup> {
             ops.push(MapOp::SlotDel(SvcKey { slot, ..*key }));
         }
         ops.push(MapOp::RevNatDel(have.svc_id));
+        if have.flags & SVC_FLAG_MAGLEV != 0 {
+            ops.push(MapOp::MaglevDel(have.svc_id));
+        }
         groups.push(OpGroup { frontend: Some(*key), ops });
     }
     let dels: Vec<MapOp> = current
@@ -635,6 +677,8 @@ impl EbpfProxier {
             MapOp::SlotDel(k) => self.lb.svc_remove(k),
             MapOp::RevNatDel(id) => self.lb.revnat_remove(*id),
             MapOp::BackendDel(id) => self.lb.backend_remove(*id),
+            MapOp::MaglevPut(id, row) => self.lb.maglev_insert(*id, row),
+            MapOp::MaglevDel(id) => self.lb.maglev_remove(*id),
         }
     }
 }
@@ -766,6 +810,7 @@ mod tests {
                 affinity_timeout_s: None,
                 external_local: false,
                 health_check_node_port: None,
+                maglev: false,
                 endpoints,
             },
         )
@@ -818,7 +863,10 @@ mod tests {
                     MapOp::SlotDel(k) => {
                         svc.remove(k);
                     }
-                    MapOp::RevNatPut(..) | MapOp::RevNatDel(_) => {}
+                    MapOp::RevNatPut(..)
+                    | MapOp::RevNatDel(_)
+                    | MapOp::MaglevPut(..)
+                    | MapOp::MaglevDel(_) => {}
                 }
             }
         }

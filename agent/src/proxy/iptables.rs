@@ -671,6 +671,7 @@ mod tests {
             affinity_timeout_s: None,
             external_local: false,
             health_check_node_port: None,
+            maglev: false,
             endpoints,
         }
     }

@@ -57,6 +57,30 @@ pub fn build_table(backends: &[&str], seed: u64, m: u32) -> Vec<u32> {
     table
 }
 
+/// The per-flow hash of `ebpf/tc_nodeport.c` (`flow_hash`), for checking which backend a flow
+/// must reach: `table[flow_hash(..) % M]`. Addresses and ports as on the wire.
+pub fn flow_hash(
+    saddr: std::net::Ipv4Addr,
+    daddr: std::net::Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    proto: u8,
+) -> u32 {
+    // The program reads the network-order fields as native integers; do the same.
+    let s = u64::from(u32::from_ne_bytes(saddr.octets()));
+    let d = u64::from(u32::from_ne_bytes(daddr.octets()));
+    let sp = u64::from(u16::from_ne_bytes(sport.to_be_bytes()));
+    let dp = u64::from(u16::from_ne_bytes(dport.to_be_bytes()));
+    let mut h = (s << 32) | d;
+    h ^= ((sp << 24) | (dp << 8) | u64::from(proto)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    #[expect(clippy::cast_possible_truncation, reason = "the program keeps the low 32 bits too")]
+    let low = h as u32;
+    low
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

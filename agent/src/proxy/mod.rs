@@ -98,6 +98,9 @@ pub struct ServicePort {
     /// `externalTrafficPolicy: Local`.
     pub external_local: bool,
     pub health_check_node_port: Option<u16>,
+    /// Maglev instead of random selection on the per-packet (tc NodePort) path, from the
+    /// annotation `service.skiff.io/lb-algorithm: maglev`.
+    pub maglev: bool,
     /// Sorted by address and port.
     pub endpoints: Vec<Endpoint>,
 }

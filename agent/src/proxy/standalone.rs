@@ -1,6 +1,7 @@
 //! Running the proxy on its own (`skiff-agent proxy`): Services and EndpointSlices from a file,
 //! one sync (`--once`) or a loop that re-syncs when the file changes, `/healthz` and `/metrics`
-//! on a small HTTP listener (kube-proxy's port 10256), periodic conntrack-style GC of the
+//! on a small HTTP listener (kube-proxy's port 10256), the health-check node ports of
+//! `externalTrafficPolicy: Local` Services, periodic conntrack-style GC of the
 //! socket reverse-NAT map, program events into `tracing`.
 //!
 //! Also the measurement hooks the data-plane benchmark drives: `--churn N` toggles one endpoint
@@ -47,6 +48,10 @@ pub struct StandaloneConfig {
     pub churn_interval: Duration,
     pub healthz: Option<SocketAddr>,
     pub gc_interval: Duration,
+    /// eBPF mode: attach the tc NodePort programs to this interface, for this node address.
+    pub nodeport: Option<(String, std::net::Ipv4Addr)>,
+    /// NodePort conntrack entries idle this long are removed by the GC.
+    pub conntrack_idle: Duration,
 }
 
 /// What `--once` reports (printed as JSON by the binary).
@@ -194,6 +199,15 @@ pub fn run(cfg: &StandaloneConfig) -> Result<Option<RunReport>, ProxyError> {
             .map_err(|source| source::SourceError::Io { what: format!("bind {addr}"), source })?;
         serve_health(listener, Arc::clone(&state));
     }
+    // The tc programs share the socket LB's pinned maps; their links live as long as this loop.
+    let mut nodeport = match (&cfg.nodeport, cfg.mode) {
+        (Some((iface, ip)), Mode::Ebpf) => {
+            Some(bpf_lb::TcNodePort::attach(&cfg.pin_root, cfg.map_sizes, *ip, iface)?)
+        }
+        _ => None,
+    };
+    let mut health_checks = HealthCheckServer::new(None);
+    health_checks.update(&desired);
     let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let mut seen = mtime(&cfg.source);
     let mut last_gc = Instant::now();
@@ -204,7 +218,9 @@ pub fn run(cfg: &StandaloneConfig) -> Result<Option<RunReport>, ProxyError> {
             seen = now;
             match source::load(&cfg.source, &cfg.node) {
                 Ok(t) => {
-                    let report = proxier.get().sync(&t.desired())?;
+                    let desired = t.desired();
+                    let report = proxier.get().sync(&desired)?;
+                    health_checks.update(&desired);
                     tracing::info!(
                         changed = report.changed,
                         removed = report.removed,
@@ -227,6 +243,15 @@ pub fn run(cfg: &StandaloneConfig) -> Result<Option<RunReport>, ProxyError> {
                     }
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "gc failed"),
+                }
+                if let Some(np) = nodeport.as_mut() {
+                    match np.gc(cfg.conntrack_idle) {
+                        Ok(n) if n > 0 => {
+                            tracing::info!(removed = n, "garbage-collected idle NodePort flows");
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "conntrack gc failed"),
+                    }
                 }
             }
         }
@@ -312,5 +337,187 @@ mod tests {
         // A loop that stopped syncing is unhealthy.
         state.lock().unwrap().0 = SystemTime::now() - Duration::from_mins(10);
         assert!(get(addr, "/healthz").starts_with("HTTP/1.1 503"));
+    }
+}
+
+/// What a health-check node port reports: the Service and its ready endpoints on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub namespace: String,
+    pub name: String,
+    pub local_endpoints: usize,
+}
+
+/// Health-check node ports of `externalTrafficPolicy: Local` Services (pure).
+pub fn health_checks(desired: &DesiredState) -> std::collections::BTreeMap<u16, HealthCheck> {
+    let mut out = std::collections::BTreeMap::new();
+    for sp in desired.values() {
+        if let (true, Some(port)) = (sp.external_local, sp.health_check_node_port) {
+            let local = sp.usable_endpoints().iter().filter(|e| e.local).count();
+            let entry = out.entry(port).or_insert(HealthCheck {
+                namespace: sp.name.namespace.clone(),
+                name: sp.name.name.clone(),
+                local_endpoints: 0,
+            });
+            // Several ports of one Service share the check; count each endpoint address once.
+            entry.local_endpoints = entry.local_endpoints.max(local);
+        }
+    }
+    out
+}
+
+/// kube-proxy's answer on a health-check node port: 200 with local endpoints, else 503.
+pub fn health_check_response(hc: &HealthCheck) -> String {
+    let body = format!(
+        "{{\"service\":{{\"namespace\":\"{}\",\"name\":\"{}\"}},\"localEndpoints\":{},\"serviceProxyHealthy\":true}}",
+        hc.namespace, hc.name, hc.local_endpoints
+    );
+    let status = if hc.local_endpoints > 0 { "200 OK" } else { "503 Service Unavailable" };
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// The listeners of the health-check node ports, kept in step with the desired state.
+#[derive(Debug, Default)]
+pub struct HealthCheckServer {
+    ports: std::collections::BTreeMap<
+        u16,
+        (Arc<Mutex<HealthCheck>>, Arc<std::sync::atomic::AtomicBool>),
+    >,
+    bind_ip: Option<std::net::IpAddr>,
+}
+
+impl HealthCheckServer {
+    /// Listens on `bind_ip` (all addresses if `None`).
+    pub fn new(bind_ip: Option<std::net::IpAddr>) -> Self {
+        HealthCheckServer { ports: std::collections::BTreeMap::new(), bind_ip }
+    }
+
+    /// Opens, updates and closes listeners so that exactly the ports in `desired` answer.
+    pub fn update(&mut self, desired: &DesiredState) {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let want = health_checks(desired);
+        self.ports.retain(|port, (_, stop)| {
+            let keep = want.contains_key(port);
+            if !keep {
+                stop.store(true, Ordering::Relaxed);
+            }
+            keep
+        });
+        for (port, hc) in want {
+            if let Some((state, _)) = self.ports.get(&port) {
+                if let Ok(mut s) = state.lock() {
+                    *s = hc;
+                }
+                continue;
+            }
+            let ip = self.bind_ip.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+            let listener = match TcpListener::bind((ip, port))
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(port, error = %e, "cannot open health-check node port");
+                    continue;
+                }
+            };
+            let state = Arc::new(Mutex::new(hc));
+            let stop = Arc::new(AtomicBool::new(false));
+            let (st, sp) = (Arc::clone(&state), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                while !sp.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((conn, _)) => {
+                            let _ = conn.set_nonblocking(false);
+                            let mut reader = BufReader::new(&conn);
+                            let mut line = String::new();
+                            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                                line.clear();
+                            }
+                            let answer =
+                                st.lock().map(|hc| health_check_response(&hc)).unwrap_or_default();
+                            let mut w = &conn;
+                            let _ = w.write_all(answer.as_bytes());
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                    }
+                }
+            });
+            self.ports.insert(port, (state, stop));
+        }
+    }
+}
+
+impl Drop for HealthCheckServer {
+    fn drop(&mut self) {
+        for (_, stop) in self.ports.values() {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod health_check_tests {
+    use std::io::Read as _;
+    use std::net::{Ipv4Addr, TcpStream};
+
+    use super::*;
+    use crate::proxy::{Endpoint, Protocol, ServicePort, ServicePortName};
+
+    fn desired(port: u16, local: &[bool]) -> DesiredState {
+        let name =
+            ServicePortName { namespace: "ns".into(), name: "web".into(), port: String::new() };
+        let endpoints = local
+            .iter()
+            .enumerate()
+            .map(|(i, l)| Endpoint {
+                ip: Ipv4Addr::new(10, 0, 0, u8::try_from(i + 1).unwrap()),
+                port: 80,
+                ready: true,
+                serving: true,
+                terminating: false,
+                local: *l,
+            })
+            .collect();
+        let sp = ServicePort {
+            name: name.clone(),
+            protocol: Protocol::Tcp,
+            port: 80,
+            cluster_ip: Some(Ipv4Addr::new(10, 96, 0, 1)),
+            external_ips: vec![],
+            node_port: Some(30000),
+            affinity_timeout_s: None,
+            external_local: true,
+            health_check_node_port: Some(port),
+            maglev: false,
+            endpoints,
+        };
+        [((name, Protocol::Tcp), sp)].into_iter().collect()
+    }
+
+    fn get(port: u16) -> String {
+        let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+        write!(s, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn health_check_node_port_reports_local_endpoints() {
+        // A free port: bind, note, release.
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut server = HealthCheckServer::new(Some(Ipv4Addr::LOCALHOST.into()));
+        server.update(&desired(port, &[true, false, true]));
+        let answer = get(port);
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+        assert!(answer.ends_with(r#"{"service":{"namespace":"ns","name":"web"},"localEndpoints":2,"serviceProxyHealthy":true}"#), "{answer}");
+        server.update(&desired(port, &[false, false]));
+        assert!(
+            get(port).starts_with("HTTP/1.1 503"),
+            "no local endpoint: traffic must go elsewhere"
+        );
     }
 }

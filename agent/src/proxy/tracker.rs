@@ -14,6 +14,8 @@ use super::{DesiredState, Endpoint, Protocol, ServicePort, ServicePortName};
 
 /// Label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Service annotation choosing the per-packet selection: `maglev` or `random` (default).
+pub const LB_ALGORITHM_ANNOTATION: &str = "service.skiff.io/lb-algorithm";
 /// Default `ClientIP` affinity timeout (3 h), as in Kubernetes.
 pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
 
@@ -59,6 +61,10 @@ impl ServiceTracker {
     }
 
     /// The desired data plane for the objects held now.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one pass over Service ports, field by field as in kube-proxy"
+    )]
     pub fn desired(&self) -> DesiredState {
         let mut out = DesiredState::new();
         // Slices grouped by (namespace, service name).
@@ -93,6 +99,12 @@ impl ServiceTracker {
                         .unwrap_or(DEFAULT_AFFINITY_TIMEOUT_S)
                 });
             let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+            let maglev = svc
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(LB_ALGORITHM_ANNOTATION))
+                .is_some_and(|v| v == "maglev");
             let slices = by_service.get(&(ns.clone(), name.clone()));
             for port in spec.ports.iter().flatten() {
                 let protocol = match port.protocol.as_deref().unwrap_or("TCP") {
@@ -154,6 +166,7 @@ impl ServiceTracker {
                         .health_check_node_port
                         .and_then(|p| u16::try_from(p).ok())
                         .filter(|p| *p != 0),
+                    maglev,
                     endpoints,
                 };
                 out.insert((name, protocol), sp);

@@ -16,7 +16,7 @@ use skiff_store::etcd::EtcdService;
 use skiff_store::{Store, StoreConfig};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 pub use config::{ConfigError, RunConfig};
 
@@ -71,6 +71,11 @@ async fn start_api(
     Ok(running)
 }
 
+/// Accepted connections with `TCP_NODELAY` (small RPCs must not wait for Nagle).
+fn incoming(l: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(l).with_nodelay(Some(true))
+}
+
 async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, RunError> {
     TcpListener::bind(addr).await.map_err(|source| RunError::Listen { addr, source })
 }
@@ -92,18 +97,17 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
     let stop = Arc::new(Notify::new());
     let stopped = |n: Arc<Notify>| async move { n.notified().await };
     let peer_server = tonic::transport::Server::builder()
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(16 << 20))
         .add_service(store.peer_service())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(peer_listener), stopped(stop.clone()));
+        .serve_with_incoming_shutdown(incoming(peer_listener), stopped(stop.clone()));
     let etcd = EtcdService::new(store.clone());
     let client_server = tonic::transport::Server::builder()
         .add_service(etcd.kv_server())
         .add_service(etcd.watch_server())
         .add_service(etcd.cluster_server())
         .add_service(etcd.maintenance_server())
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(client_listener),
-            stopped(stop.clone()),
-        );
+        .serve_with_incoming_shutdown(incoming(client_listener), stopped(stop.clone()));
     let peer_task = tokio::spawn(peer_server);
     let client_task = tokio::spawn(client_server);
     let http_task =

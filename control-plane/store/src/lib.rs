@@ -5,6 +5,7 @@ pub mod backup;
 pub mod db;
 pub mod error;
 pub mod etcd;
+pub mod lincheck;
 pub mod metrics;
 pub mod mvcc;
 pub mod raft;

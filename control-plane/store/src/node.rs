@@ -32,8 +32,10 @@ use crate::watch::{WatchHub, WatchSpec, Watcher};
 pub const MAX_BATCH_OPS: usize = 512;
 /// Most payload bytes in one raft entry (a single larger write still goes alone).
 pub const MAX_BATCH_BYTES: usize = 4 << 20;
-/// Raft entries a replica has in flight at once.
-const MAX_INFLIGHT_BATCHES: usize = 4;
+/// Raft entries (or forwarded batches) a replica has in flight at once. Few, so that writes
+/// arriving meanwhile form one large next batch: measured, 4 in flight gave ~3 writes per entry
+/// and one WAL sync each at 16 clients.
+const MAX_INFLIGHT_BATCHES: usize = 2;
 /// Queue of writes waiting to be batched.
 const PROPOSAL_QUEUE: usize = 8192;
 const READ_QUEUE: usize = 8192;
@@ -411,9 +413,10 @@ impl Store {
         Ok(AdminResponse::Members(self.members()))
     }
 
-    /// The leader's own proposal path (also the target of forwarded batches).
-    pub(crate) async fn propose_local(&self, p: Proposal) -> Result<ProposalResult, KvError> {
-        self.inner.propose_local(p).await
+    /// A batch forwarded by a follower: its writes join this replica's queue, so they share
+    /// the next raft entry with local writes and other followers' batches.
+    pub(crate) async fn forwarded(&self, p: Proposal) -> Vec<Result<WriteResult, KvError>> {
+        futures::future::join_all(p.ops.into_iter().map(|op| self.write(op))).await
     }
 
     pub(crate) async fn read_index_local(&self) -> Result<u64, KvError> {
@@ -461,13 +464,30 @@ impl Inner {
         }
     }
 
-    async fn propose(&self, p: Proposal) -> Result<ProposalResult, KvError> {
+    /// Proposes a batch here if this replica leads, else forwards it to the leader, whose
+    /// proposer merges it with its own queue. One result per op.
+    async fn propose(&self, p: Proposal) -> Result<Vec<Result<WriteResult, KvError>>, KvError> {
         let leader = self.wait_leader().await?;
         if leader == self.id {
-            return self.propose_local(p).await;
+            let n = p.ops.len();
+            let r = self.propose_local(p).await?;
+            if r.results.len() != n {
+                return Err(KvError::Storage(format!(
+                    "{} results for {n} writes",
+                    r.results.len()
+                )));
+            }
+            return Ok(r
+                .results
+                .into_iter()
+                .map(|res| match res {
+                    WriteResult::Error(e) => Err(e),
+                    ok => Ok(ok),
+                })
+                .collect());
         }
         let url = self.peer_url(leader).ok_or(KvError::NoLeader)?;
-        let r: Result<ProposalResult, KvError> = self
+        let r: Vec<Result<WriteResult, KvError>> = self
             .peers
             .call(leader, &url, Method::Forward, &p, self.config.tuning.request_timeout)
             .await
@@ -476,7 +496,7 @@ impl Inner {
                 PeerError::Unreachable(_, m) if m.starts_with("timed out") => KvError::Timeout,
                 other => peer_err(other),
             })?;
-        r
+        Ok(r)
     }
 
     async fn propose_local(&self, p: Proposal) -> Result<ProposalResult, KvError> {
@@ -560,20 +580,14 @@ async fn proposer(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<PendingW
             let _permit = permit;
             let (ops, txs): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.op, p.tx)).unzip();
             match inner.propose(Proposal { ops }).await {
-                Ok(r) if r.results.len() == txs.len() => {
-                    for (tx, res) in txs.into_iter().zip(r.results) {
-                        let _ = tx.send(match res {
-                            WriteResult::Error(e) => Err(e),
-                            ok => Ok(ok),
-                        });
+                Ok(r) if r.len() == txs.len() => {
+                    for (tx, res) in txs.into_iter().zip(r) {
+                        let _ = tx.send(res);
                     }
                 }
                 Ok(r) => {
-                    let e = KvError::Storage(format!(
-                        "{} results for {} writes",
-                        r.results.len(),
-                        txs.len()
-                    ));
+                    let e =
+                        KvError::Storage(format!("{} results for {} writes", r.len(), txs.len()));
                     for tx in txs {
                         let _ = tx.send(Err(e.clone()));
                     }

@@ -11,7 +11,8 @@ use tonic::{Request, Response, Status};
 use crate::error::KvError;
 use crate::node::{AdminRequest, AdminResponse, Store};
 use crate::raft::network::MAX_MESSAGE_BYTES;
-use crate::raft::{Proposal, ProposalResult, TypeConfig, encode};
+use crate::raft::{Proposal, TypeConfig, encode};
+use crate::types::WriteResult;
 
 /// Serves one replica's peer endpoint.
 pub struct PeerService {
@@ -55,7 +56,7 @@ impl RaftRpc for PeerService {
 
     async fn forward(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
         let p: Proposal = decode(req)?;
-        let r: Result<ProposalResult, KvError> = self.store.propose_local(p).await;
+        let r: Vec<Result<WriteResult, KvError>> = self.store.forwarded(p).await;
         reply(&r)
     }
 

@@ -26,6 +26,14 @@ struct lb4_svc_key {
 
 enum lb4_svc_flags {
 	LB4_SVC_AFFINITY = 1 << 0, /* ClientIP session affinity; affinity_s holds the timeout */
+	LB4_SVC_MAGLEV = 1 << 1, /* per-packet path: backend from the Maglev table, not random */
+};
+
+/* Maglev lookup table size (prime); "maglev4" maps a service id to M backend ids. */
+#define LB4_MAGLEV_M 1021
+
+struct lb4_maglev_row {
+	__u32 backend_ids[LB4_MAGLEV_M];
 };
 
 struct lb4_svc_val {

@@ -4,6 +4,7 @@
 //!
 //! Client commands (results start with `ok` or `err <kind>`):
 //! - `tcp IP PORT N`: N sequential connections; `ok ID,ID,... peer=IP:PORT` (last peer address)
+//! - `tcpports IP PORT N`: N connections; `ok ID:LOCALPORT,...`
 //! - `udp IP PORT N`: N new unconnected sockets, one datagram each; `ok ID,... from=ADDR,...`
 //! - `udpconn IP PORT N`: one connected socket, N datagrams; `ok ID,... peer=ADDR`
 //! - `hold IP PORT`: opens a connection and keeps it; `ok INDEX ID`
@@ -170,6 +171,16 @@ fn run(
                 ids.push(read_line(&mut r)?);
             }
             Ok(format!("ok {} peer={peer}", ids.join(",")))
+        }
+        Some("tcpports") => {
+            let (addr, n) = target(words)?;
+            let mut out = Vec::new();
+            for _ in 0..n {
+                let (mut r, s) = connect(addr)?;
+                let local = s.local_addr().map_err(|e| kind(&e))?.port();
+                out.push(format!("{}:{local}", read_line(&mut r)?));
+            }
+            Ok(format!("ok {}", out.join(",")))
         }
         Some("udp") => {
             let (addr, n) = target(words)?;

@@ -74,6 +74,10 @@ impl Peers {
             let c = Endpoint::from_shared(url.to_string())
                 .map_err(|e| format!("bad peer url {url}: {e}"))?
                 .tcp_nodelay(true)
+                // Entries are batches of writes: large windows keep big appends from stalling
+                // on HTTP/2 flow control.
+                .initial_stream_window_size(Some(8 << 20))
+                .initial_connection_window_size(Some(16 << 20))
                 .connect_timeout(Duration::from_secs(1))
                 .http2_keep_alive_interval(Duration::from_secs(10))
                 .connect_lazy();

@@ -1,0 +1,256 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * Per-packet NodePort load balancing in tc (tcx), for traffic that does not start at a local
+ * socket. `nodeport_in` (ingress of the node's external interface): a TCP/UDP packet to
+ * NODE_IP:nodePort is matched against the NodePort frontends of svc4 (key address 0), a backend
+ * is chosen once per flow and remembered in the ct4 LRU map, and the packet is DNATed to it.
+ * `nodeport_reply` (egress of the same interface): replies of tracked flows get their source
+ * rewritten back to NODE_IP:nodePort (reverse NAT) on the way out; rewriting them on ingress
+ * would give a forwarded packet the node's own source address, which the stack drops. No SNAT: the backend's route
+ * back to the client must pass this node (true in our topology; remote-node backends need SNAT,
+ * not written yet). L3 and L4 checksums are fixed with the kernel helpers.
+ */
+#include "skiff/common.h"
+#include "skiff/lb.h"
+
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <stddef.h>
+
+volatile const __be32 NODE_IP = 0;
+
+struct ct4_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 flags; /* 0: forward (client -> node), 1: reply (backend -> client) */
+	__u16 pad;
+};
+
+struct ct4_val {
+	__be32 addr; /* forward: backend address; reply: node address to restore */
+	__be16 port; /* forward: backend port; reply: nodePort to restore */
+	__u16 pad;
+	__u32 svc_id;
+	__u64 last_ns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct lb4_svc_key);
+	__type(value, struct lb4_svc_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} svc4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct lb4_backend);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} be4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct ct4_key);
+	__type(value, struct ct4_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ct4 SEC(".maps");
+
+/* Shared with sock_lb.c (which defines it too, so whichever loads first creates the pin). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct lb4_maglev_row);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} maglev4 SEC(".maps");
+
+#define IP_CSUM_OFF (ETH_HLEN + offsetof(struct iphdr, check))
+#define IP_DST_OFF (ETH_HLEN + offsetof(struct iphdr, daddr))
+#define IP_SRC_OFF (ETH_HLEN + offsetof(struct iphdr, saddr))
+
+struct flow {
+	__be32 saddr, daddr;
+	__be16 sport, dport;
+	__u8 proto;
+	__u32 l4_off;
+	__u32 csum_off;
+};
+
+static __always_inline int parse(struct __sk_buff *skb, struct flow *f)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip;
+	__be16 *ports;
+
+	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return -1;
+	ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > data_end || ip->ihl != 5)
+		return -1;
+	if (ip->frag_off & bpf_htons(0x3fff))
+		return -1; /* fragments are left alone */
+	f->proto = ip->protocol;
+	if (f->proto == IPPROTO_TCP)
+		f->csum_off = offsetof(struct tcphdr, check);
+	else if (f->proto == IPPROTO_UDP)
+		f->csum_off = offsetof(struct udphdr, check);
+	else
+		return -1;
+	ports = (void *)(ip + 1);
+	if ((void *)(ports + 2) > data_end)
+		return -1;
+	f->saddr = ip->saddr;
+	f->daddr = ip->daddr;
+	f->sport = ports[0];
+	f->dport = ports[1];
+	f->l4_off = ETH_HLEN + sizeof(struct iphdr);
+	return 0;
+}
+
+/* Rewrites the address at `ip_off` and the port at `port_off` (both in the packet), fixing the
+ * IPv4 header checksum and the L4 checksum (pseudo-header included). */
+static __always_inline int rewrite(struct __sk_buff *skb, const struct flow *f, __u32 ip_off, __be32 old_ip,
+				   __be32 new_ip, __u32 port_off, __be16 old_port, __be16 new_port)
+{
+	__u64 mangled = f->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	__u32 l4_csum = f->l4_off + f->csum_off;
+
+	if (bpf_l4_csum_replace(skb, l4_csum, old_ip, new_ip, BPF_F_PSEUDO_HDR | sizeof(new_ip) | mangled))
+		return -1;
+	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, old_ip, new_ip, sizeof(new_ip)))
+		return -1;
+	if (bpf_skb_store_bytes(skb, ip_off, &new_ip, sizeof(new_ip), 0))
+		return -1;
+	if (bpf_l4_csum_replace(skb, l4_csum, old_port, new_port, sizeof(new_port) | mangled))
+		return -1;
+	if (bpf_skb_store_bytes(skb, f->l4_off + port_off, &new_port, sizeof(new_port), 0))
+		return -1;
+	return 0;
+}
+
+/* A per-flow hash that is the same on every node (no per-boot seed). */
+static __always_inline __u32 flow_hash(const struct flow *f)
+{
+	__u64 h = ((__u64)f->saddr << 32) | f->daddr;
+
+	h ^= (((__u64)f->sport << 24) | ((__u64)f->dport << 8) | f->proto) * 0x9e3779b97f4a7c15ULL;
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdULL;
+	h ^= h >> 33;
+	return (__u32)h;
+}
+
+static __always_inline int nodeport_forward(struct __sk_buff *skb)
+{
+	struct flow f = {};
+	struct ct4_key key = {};
+	struct ct4_val *ct, val = {};
+	struct lb4_svc_key sk = {};
+	struct lb4_svc_val *svc, *slot;
+	struct lb4_backend *be;
+
+	if (parse(skb, &f) || f.daddr != NODE_IP)
+		return SKIFF_TCX_NEXT;
+	sk.vip = 0;
+	sk.port = f.dport;
+	sk.proto = f.proto;
+	svc = bpf_map_lookup_elem(&svc4, &sk);
+	if (!svc)
+		return SKIFF_TCX_NEXT;
+	key.saddr = f.saddr;
+	key.daddr = f.daddr;
+	key.sport = f.sport;
+	key.dport = f.dport;
+	key.proto = f.proto;
+	ct = bpf_map_lookup_elem(&ct4, &key);
+	if (ct) {
+		ct->last_ns = bpf_ktime_get_ns(); /* idle time for the agent's GC */
+		val = *ct;
+	} else {
+		if (svc->count == 0)
+			return SKIFF_TCX_DROP; /* no endpoints */
+		if (svc->flags & LB4_SVC_MAGLEV) {
+			__u32 svc_id = svc->id;
+			struct lb4_maglev_row *row = bpf_map_lookup_elem(&maglev4, &svc_id);
+			__u32 idx = flow_hash(&f) % LB4_MAGLEV_M;
+
+			/* clang drops a bound it can prove; the verifier needs to see it: hide idx. */
+			asm volatile("" : "+r"(idx));
+			if (!row || idx >= LB4_MAGLEV_M)
+				return SKIFF_TCX_NEXT;
+			be = bpf_map_lookup_elem(&be4, &row->backend_ids[idx]);
+		} else {
+			sk.slot = (__u16)(bpf_get_prandom_u32() % svc->count) + 1;
+			slot = bpf_map_lookup_elem(&svc4, &sk);
+			if (!slot)
+				return SKIFF_TCX_NEXT;
+			be = bpf_map_lookup_elem(&be4, &slot->id);
+		}
+		if (!be)
+			return SKIFF_TCX_NEXT;
+		val.addr = be->ip;
+		val.port = be->port;
+		val.svc_id = svc->id;
+		val.last_ns = bpf_ktime_get_ns();
+		bpf_map_update_elem(&ct4, &key, &val, BPF_ANY);
+		{
+			/* Reply direction: backend -> client, restore the node address and port. */
+			struct ct4_key rk = { .saddr = be->ip, .daddr = f.saddr, .sport = be->port, .dport = f.sport,
+					      .proto = f.proto, .flags = 1 };
+			struct ct4_val rv = { .addr = f.daddr, .port = f.dport, .svc_id = svc->id, .last_ns = val.last_ns };
+
+			bpf_map_update_elem(&ct4, &rk, &rv, BPF_ANY);
+		}
+	}
+	if (rewrite(skb, &f, IP_DST_OFF, f.daddr, val.addr, offsetof(struct tcphdr, dest), f.dport, val.port))
+		return SKIFF_TCX_DROP;
+	return SKIFF_TCX_NEXT;
+}
+
+static __always_inline int nodeport_reverse(struct __sk_buff *skb)
+{
+	struct flow f = {};
+	struct ct4_key key = {};
+	struct ct4_val *ct;
+
+	if (parse(skb, &f))
+		return SKIFF_TCX_NEXT;
+	key.saddr = f.saddr;
+	key.daddr = f.daddr;
+	key.sport = f.sport;
+	key.dport = f.dport;
+	key.proto = f.proto;
+	key.flags = 1;
+	ct = bpf_map_lookup_elem(&ct4, &key);
+	if (!ct)
+		return SKIFF_TCX_NEXT;
+	ct->last_ns = bpf_ktime_get_ns();
+	if (rewrite(skb, &f, IP_SRC_OFF, f.saddr, ct->addr, offsetof(struct tcphdr, source), f.sport, ct->port))
+		return SKIFF_TCX_DROP;
+	return SKIFF_TCX_NEXT;
+}
+
+SEC("classifier")
+int nodeport_in(struct __sk_buff *skb)
+{
+	return nodeport_forward(skb);
+}
+
+SEC("classifier")
+int nodeport_reply(struct __sk_buff *skb)
+{
+	return nodeport_reverse(skb);
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

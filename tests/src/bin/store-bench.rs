@@ -1,0 +1,579 @@
+//! `store-bench`: the store benchmark behind `cargo xtask bench store`. Starts a 3-member
+//! etcd 3.4 and a 3-member Skiff store (both fsync-durable, loopback), drives both with the
+//! same etcd v3 gRPC client, and writes `store.md` + `store.json`.
+//!
+//! Phases per system, on a fresh cluster: N puts at 64 clients then on-disk size; timed puts
+//! (256-byte values) at 1, 16, 64, 256 clients (throughput, p50, p99); linearizable reads at 64
+//! clients; watch delivery latency; RSS of the members.
+
+#![expect(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "statistics over counts and nanoseconds far below 2^52"
+)]
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use rand::Rng;
+use serde_json::json;
+use skiff_e2e::masters::{Masters, free_port};
+use skiff_proto::etcdserverpb::kv_client::KvClient;
+use skiff_proto::etcdserverpb::watch_client::WatchClient;
+use skiff_proto::etcdserverpb::{
+    PutRequest, RangeRequest, WatchCreateRequest, WatchRequest, watch_request,
+};
+use tonic::transport::{Channel, Endpoint};
+
+const VALUE_BYTES: usize = 256;
+const KEY_SPACE: u64 = 100_000;
+
+struct Scale {
+    fill_writes: u64,
+    phase: Duration,
+    watch_events: usize,
+}
+
+/// A 3-member etcd 3.4, stopped by PID.
+struct Etcd {
+    dir: PathBuf,
+    children: Vec<Child>,
+    clients: Vec<String>,
+}
+
+impl Etcd {
+    fn start(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let ports: Vec<(u16, u16)> =
+            (0..3).map(|_| Ok((free_port()?, free_port()?))).collect::<Result<_>>()?;
+        let cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, p))| format!("e{i}=http://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut children = Vec::new();
+        let mut clients = Vec::new();
+        for (i, (c, p)) in ports.iter().enumerate() {
+            let log = std::fs::File::create(dir.join(format!("e{i}.log")))?;
+            children.push(
+                Command::new("etcd")
+                    .args(["--name", &format!("e{i}")])
+                    .arg("--data-dir")
+                    .arg(dir.join(format!("e{i}")))
+                    .args(["--listen-client-urls", &format!("http://127.0.0.1:{c}")])
+                    .args(["--advertise-client-urls", &format!("http://127.0.0.1:{c}")])
+                    .args(["--listen-peer-urls", &format!("http://127.0.0.1:{p}")])
+                    .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{p}")])
+                    .args(["--initial-cluster", &cluster, "--initial-cluster-state", "new"])
+                    .args(["--quota-backend-bytes", "8589934592"])
+                    .stdin(Stdio::null())
+                    .stdout(log.try_clone()?)
+                    .stderr(log)
+                    .spawn()
+                    .context("starting etcd")?,
+            );
+            clients.push(format!("http://127.0.0.1:{c}"));
+        }
+        Ok(Self { dir: dir.to_path_buf(), children, clients })
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn du(path: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = std::fs::read_dir(path) {
+        for e in rd.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => total += du(&e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+async fn channels(endpoints: &[String], per_endpoint: usize) -> Result<Vec<Channel>> {
+    let mut out = Vec::new();
+    for _ in 0..per_endpoint {
+        for e in endpoints {
+            out.push(Endpoint::from_shared(e.clone())?.tcp_nodelay(true).connect().await?);
+        }
+    }
+    Ok(out)
+}
+
+async fn wait_writable(endpoints: &[String]) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_mins(1);
+    loop {
+        let mut ok = true;
+        for e in endpoints {
+            let r = async {
+                let mut c = KvClient::connect(e.clone()).await?;
+                c.put(PutRequest {
+                    key: b"/bench/ready".to_vec(),
+                    value: b"1".to_vec(),
+                    ..Default::default()
+                })
+                .await?;
+                anyhow::Ok(())
+            }
+            .await;
+            ok &= r.is_ok();
+        }
+        if ok {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("cluster at {endpoints:?} did not accept writes");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+struct PhaseResult {
+    ops: u64,
+    errors: u64,
+    seconds: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+impl PhaseResult {
+    fn rate(&self) -> f64 {
+        self.ops as f64 / self.seconds
+    }
+    fn json(&self) -> serde_json::Value {
+        json!({"ops": self.ops, "errors": self.errors, "seconds": self.seconds, "per_second": self.rate(),
+               "p50_ms": self.p50_ms, "p99_ms": self.p99_ms})
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx].as_secs_f64() * 1000.0
+}
+
+/// Runs `clients` loops of `op` until `count` ops are done or `duration` passes.
+async fn drive<F, Fut>(
+    chans: &[Channel],
+    clients: usize,
+    duration: Duration,
+    count: Option<u64>,
+    op: F,
+) -> PhaseResult
+where
+    F: Fn(KvClient<Channel>, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    let op = Arc::new(op);
+    let stop = Arc::new(AtomicBool::new(false));
+    let issued = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let kv = KvClient::new(chans[c % chans.len()].clone()).max_decoding_message_size(64 << 20);
+        let op = op.clone();
+        let stop = stop.clone();
+        let issued = issued.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0u64;
+            loop {
+                if stop.load(Ordering::Relaxed) || start.elapsed() >= duration {
+                    break;
+                }
+                let n = issued.fetch_add(1, Ordering::Relaxed);
+                if count.is_some_and(|c| n >= c) {
+                    break;
+                }
+                let t = Instant::now();
+                if op(kv.clone(), n).await {
+                    lat.push(t.elapsed());
+                } else {
+                    errors += 1;
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        if let Ok((l, e)) = t.await {
+            all.extend(l);
+            errors += e;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let seconds = start.elapsed().as_secs_f64();
+    all.sort_unstable();
+    PhaseResult {
+        ops: all.len() as u64,
+        errors,
+        seconds,
+        p50_ms: percentile(&all, 0.5),
+        p99_ms: percentile(&all, 0.99),
+    }
+}
+
+fn put_op(kv: KvClient<Channel>, _n: u64) -> impl Future<Output = bool> + Send {
+    let key = format!("/bench/k{:08}", rand::rng().random_range(0..KEY_SPACE)).into_bytes();
+    let mut kv = kv;
+    async move {
+        kv.put(PutRequest { key, value: vec![b'v'; VALUE_BYTES], ..Default::default() })
+            .await
+            .is_ok()
+    }
+}
+
+fn get_op(kv: KvClient<Channel>, _n: u64) -> impl Future<Output = bool> + Send {
+    let key = format!("/bench/k{:08}", rand::rng().random_range(0..KEY_SPACE)).into_bytes();
+    let mut kv = kv;
+    async move { kv.range(RangeRequest { key, ..Default::default() }).await.is_ok() }
+}
+
+/// Watch delivery latency: a watcher on one member, writers through all members; each value
+/// carries its send time.
+async fn watch_latency(chans: &[Channel], events: usize) -> Result<(f64, f64)> {
+    let base = Instant::now();
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let mut w = WatchClient::new(chans[chans.len() - 1].clone());
+    // Queue the create request first: a server may hold the response headers until it has a
+    // message to send.
+    tx.send(WatchRequest {
+        request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {
+            key: b"/watch/".to_vec(),
+            range_end: b"/watch0".to_vec(),
+            ..Default::default()
+        })),
+    })
+    .await?;
+    let stream = tokio_stream_from(rx);
+    let mut resp = w.watch(stream).await?.into_inner();
+    // The created response.
+    resp.message().await?.context("watch stream closed")?;
+    let writers = 8;
+    let per = events / writers;
+    let mut tasks = Vec::new();
+    for i in 0..writers {
+        let mut kv = KvClient::new(chans[i % chans.len()].clone());
+        tasks.push(tokio::spawn(async move {
+            for j in 0..per {
+                let sent = base.elapsed().as_nanos() as u64;
+                let mut value = sent.to_be_bytes().to_vec();
+                value.resize(VALUE_BYTES, b'w');
+                let _ = kv
+                    .put(PutRequest {
+                        key: format!("/watch/{i}/{j}").into_bytes(),
+                        value,
+                        ..Default::default()
+                    })
+                    .await;
+            }
+        }));
+    }
+    let mut lat = Vec::new();
+    while lat.len() < per * writers {
+        let Some(m) = tokio::time::timeout(Duration::from_secs(30), resp.message()).await?? else {
+            break;
+        };
+        let now = base.elapsed().as_nanos() as u64;
+        for e in m.events {
+            if let Some(kv) = e.kv
+                && kv.value.len() >= 8
+            {
+                let sent = u64::from_be_bytes(kv.value[..8].try_into().unwrap_or_default());
+                lat.push(Duration::from_nanos(now.saturating_sub(sent)));
+            }
+        }
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    drop(tx);
+    lat.sort_unstable();
+    Ok((percentile(&lat, 0.5), percentile(&lat, 0.99)))
+}
+
+fn tokio_stream_from(
+    rx: tokio::sync::mpsc::Receiver<WatchRequest>,
+) -> impl tonic::codegen::tokio_stream::Stream<Item = WatchRequest> + Send + 'static {
+    futures_lite(rx)
+}
+
+/// A `Stream` over an mpsc receiver without pulling in another crate.
+fn futures_lite(
+    mut rx: tokio::sync::mpsc::Receiver<WatchRequest>,
+) -> impl tonic::codegen::tokio_stream::Stream<Item = WatchRequest> + Send + 'static {
+    struct S(tokio::sync::mpsc::Receiver<WatchRequest>);
+    impl tonic::codegen::tokio_stream::Stream for S {
+        type Item = WatchRequest;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<WatchRequest>> {
+            self.0.poll_recv(cx)
+        }
+    }
+    let _ = &mut rx;
+    S(rx)
+}
+
+async fn run_system(
+    name: &str,
+    endpoints: &[String],
+    pids: &[u32],
+    dirs: &[PathBuf],
+    scale: &Scale,
+) -> Result<serde_json::Value> {
+    wait_writable(endpoints).await?;
+    let chans = channels(endpoints, 4).await?;
+    eprintln!("[{name}] filling {} writes at 64 clients", scale.fill_writes);
+    let fill = drive(&chans, 64, Duration::from_hours(1), Some(scale.fill_writes), put_op).await;
+    let disk: u64 = dirs.iter().map(|d| du(d)).sum();
+    let mut writes = serde_json::Map::new();
+    for clients in [1usize, 16, 64, 256] {
+        let r = drive(&chans, clients, scale.phase, None, put_op).await;
+        eprintln!(
+            "[{name}] puts, {clients} clients: {:.0}/s p50 {:.2} ms p99 {:.2} ms ({} errors)",
+            r.rate(),
+            r.p50_ms,
+            r.p99_ms,
+            r.errors
+        );
+        writes.insert(clients.to_string(), r.json());
+    }
+    let reads = drive(&chans, 64, scale.phase, None, get_op).await;
+    eprintln!(
+        "[{name}] linearizable gets, 64 clients: {:.0}/s p99 {:.2} ms",
+        reads.rate(),
+        reads.p99_ms
+    );
+    let (w50, w99) = watch_latency(&chans, scale.watch_events).await?;
+    eprintln!("[{name}] watch latency p50 {w50:.2} ms p99 {w99:.2} ms");
+    let rss: u64 = pids.iter().map(|p| rss_bytes(*p)).sum();
+    Ok(json!({
+        "fill": fill.json(),
+        "disk_bytes_after_fill": disk,
+        "writes": writes,
+        "linearizable_reads_64": reads.json(),
+        "watch_latency_ms": {"p50": w50, "p99": w99},
+        "rss_bytes_total": rss,
+    }))
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn f(v: &serde_json::Value, path: &[&str]) -> f64 {
+    let mut cur = v;
+    for p in path {
+        cur = &cur[*p];
+    }
+    cur.as_f64().unwrap_or(0.0)
+}
+
+fn report(etcd: &serde_json::Value, skiff: &serde_json::Value, meta: &serde_json::Value) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "# Store benchmark: Skiff vs etcd 3.4\n");
+    let _ = writeln!(
+        md,
+        "Produced by `cargo xtask bench store` ({}). Same machine, same run, same client (a tonic etcd v3 client, \
+round-robin over the 3 members' client URLs, 4 HTTP/2 connections per member); both clusters have 3 members on loopback and fsync \
+before acknowledging. Puts write 256-byte values to random keys among {KEY_SPACE}.\n",
+        meta["scale"].as_str().unwrap_or("")
+    );
+    let _ = writeln!(
+        md,
+        "Load average before/after: {} / {}. {}\n",
+        meta["loadavg_before"].as_str().unwrap_or(""),
+        meta["loadavg_after"].as_str().unwrap_or(""),
+        meta["note"].as_str().unwrap_or("")
+    );
+    let _ = writeln!(
+        md,
+        "## Writes\n\n| clients | etcd puts/s | etcd p50 ms | etcd p99 ms | Skiff puts/s | Skiff p50 ms | Skiff p99 ms | throughput ratio |\n|---|---|---|---|---|---|---|---|"
+    );
+    for c in ["1", "16", "64", "256"] {
+        let e = &etcd["writes"][c];
+        let s = &skiff["writes"][c];
+        let ratio = f(s, &["per_second"]) / f(e, &["per_second"]).max(1e-9);
+        let _ = writeln!(
+            md,
+            "| {c} | {:.0} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {ratio:.2}x |",
+            f(e, &["per_second"]),
+            f(e, &["p50_ms"]),
+            f(e, &["p99_ms"]),
+            f(s, &["per_second"]),
+            f(s, &["p50_ms"]),
+            f(s, &["p99_ms"])
+        );
+    }
+    let er = f(etcd, &["linearizable_reads_64", "per_second"]);
+    let sr = f(skiff, &["linearizable_reads_64", "per_second"]);
+    let _ = writeln!(
+        md,
+        "\n## Other measures\n\n| measure | etcd | Skiff | ratio |\n|---|---|---|---|"
+    );
+    let _ = writeln!(
+        md,
+        "| linearizable gets/s, 64 clients | {er:.0} | {sr:.0} | {:.2}x |",
+        sr / er.max(1e-9)
+    );
+    let _ = writeln!(
+        md,
+        "| linearizable get p99 ms | {:.2} | {:.2} | |",
+        f(etcd, &["linearizable_reads_64", "p99_ms"]),
+        f(skiff, &["linearizable_reads_64", "p99_ms"])
+    );
+    let _ = writeln!(
+        md,
+        "| watch delivery p50 ms | {:.2} | {:.2} | |",
+        f(etcd, &["watch_latency_ms", "p50"]),
+        f(skiff, &["watch_latency_ms", "p50"])
+    );
+    let _ = writeln!(
+        md,
+        "| watch delivery p99 ms | {:.2} | {:.2} | |",
+        f(etcd, &["watch_latency_ms", "p99"]),
+        f(skiff, &["watch_latency_ms", "p99"])
+    );
+    let _ = writeln!(
+        md,
+        "| fill: {} puts at 64 clients, puts/s | {:.0} | {:.0} | {:.2}x |",
+        meta["fill_writes"],
+        f(etcd, &["fill", "per_second"]),
+        f(skiff, &["fill", "per_second"]),
+        f(skiff, &["fill", "per_second"]) / f(etcd, &["fill", "per_second"]).max(1e-9)
+    );
+    let _ = writeln!(
+        md,
+        "| on-disk bytes after the fill (3 members) | {:.0} | {:.0} | {:.2}x |",
+        f(etcd, &["disk_bytes_after_fill"]),
+        f(skiff, &["disk_bytes_after_fill"]),
+        f(skiff, &["disk_bytes_after_fill"]) / f(etcd, &["disk_bytes_after_fill"]).max(1.0)
+    );
+    let _ = writeln!(
+        md,
+        "| RSS bytes, 3 members, at the end | {:.0} | {:.0} | {:.2}x |",
+        f(etcd, &["rss_bytes_total"]),
+        f(skiff, &["rss_bytes_total"]),
+        f(skiff, &["rss_bytes_total"]) / f(etcd, &["rss_bytes_total"]).max(1.0)
+    );
+    let _ = writeln!(md, "\nRaw figures: `store.json` beside this file.");
+    md
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let out = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1))
+        .map_or_else(|| PathBuf::from("docs/benchmarks"), PathBuf::from);
+    let small = args.iter().any(|a| a == "--small");
+    let note = args
+        .iter()
+        .position(|a| a == "--note")
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_default();
+    let scale = if small {
+        Scale { fill_writes: 2_000, phase: Duration::from_secs(2), watch_events: 400 }
+    } else {
+        Scale { fill_writes: 100_000, phase: Duration::from_secs(10), watch_events: 4_000 }
+    };
+    let before = loadavg();
+    let tag = skiff_e2e::unique_tag();
+    let base = std::env::temp_dir().join(format!("skiff-test-{tag}-bench"));
+
+    // `--skiff-only` skips the anchor (for profiling runs; no report is written then).
+    let skiff_only = args.iter().any(|a| a == "--skiff-only");
+    let etcd_result = if skiff_only {
+        serde_json::Value::Null
+    } else {
+        eprintln!("starting etcd 3.4 (3 members)");
+        let etcd = Etcd::start(&base.join("etcd"))?;
+        let pids: Vec<u32> = etcd.children.iter().map(Child::id).collect();
+        let dirs: Vec<PathBuf> = (0..3).map(|i| etcd.dir.join(format!("e{i}"))).collect();
+        run_system("etcd", &etcd.clients, &pids, &dirs, &scale).await?
+    };
+
+    eprintln!("starting Skiff (3 members)");
+    let masters = Masters::start(&format!("{tag}-bench"), 3)?;
+    let endpoints: Vec<String> =
+        masters.specs.iter().map(skiff_e2e::masters::MemberSpec::client_url).collect();
+    let pids = masters.pids();
+    let dirs: Vec<PathBuf> = masters.specs.iter().map(|s| s.data_dir.clone()).collect();
+    let skiff_result = run_system("skiff", &endpoints, &pids, &dirs, &scale).await?;
+    if skiff_only {
+        for s in &masters.specs {
+            if let Ok((_, body)) = skiff_e2e::masters::http_get(s.metrics_port, "/metrics") {
+                let lines: Vec<&str> = body
+                    .lines()
+                    .filter(|l| !l.starts_with('#') && !l.contains("_bucket"))
+                    .collect();
+                eprintln!("--- {} metrics\n{}", s.name, lines.join("\n"));
+            }
+        }
+        return Ok(());
+    }
+    drop(masters);
+    let _ = std::fs::remove_dir_all(&base);
+
+    let meta = json!({
+        "scale": if small { "small smoke scale" } else { "full scale" },
+        "fill_writes": scale.fill_writes,
+        "phase_seconds": scale.phase.as_secs(),
+        "loadavg_before": before,
+        "loadavg_after": loadavg(),
+        "note": note,
+        "cpus": std::thread::available_parallelism().map_or(0, std::num::NonZeroUsize::get),
+    });
+    std::fs::create_dir_all(&out)?;
+    let all = json!({"meta": meta, "etcd": etcd_result, "skiff": skiff_result});
+    std::fs::write(out.join("store.json"), serde_json::to_string_pretty(&all)?)?;
+    std::fs::write(out.join("store.md"), report(&all["etcd"], &all["skiff"], &all["meta"]))?;
+    eprintln!("wrote {}", out.join("store.md").display());
+    Ok(())
+}
