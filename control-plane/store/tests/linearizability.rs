@@ -115,6 +115,11 @@ async fn client(
             call,
             ret: done.then(|| now(base)),
         });
+        if !done {
+            // Back off like a real client: failures come fast while the leader is unknown, and
+            // every write of unknown outcome widens the checker's search.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     history
 }
@@ -131,6 +136,7 @@ async fn run_seed(seed: u64) -> anyhow::Result<usize> {
         let c = cluster.lock().await;
         Arc::new(std::sync::RwLock::new((0..3).map(|i| c.node(i).clone()).collect()))
     };
+    eprintln!("seed {seed}: cluster up");
     let base = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..CLIENTS)
@@ -178,6 +184,7 @@ async fn run_seed(seed: u64) -> anyhow::Result<usize> {
         history.extend(t.await?);
     }
     cluster.lock().await.shutdown().await;
+    eprintln!("seed {seed}: {} operations recorded, checking", history.len());
     let completed = history.iter().filter(|o| o.ret.is_some()).count();
     if let Err(v) = lincheck::check(&history) {
         anyhow::bail!(
