@@ -6,6 +6,15 @@
 //! Topology: client netns (wrk, inside a bench cgroup2 directory) → node netns (iptables rules)
 //! → backend netns (one nginx on 4 addresses). Per Service count the three modes run back to
 //! back, each from a clean state. Sync figures come from `skiff-agent proxy --once --churn`.
+//!
+//! Each mode connects from a client address of its own (`Mode::client_addr`). The backends keep
+//! a `TIME_WAIT` socket (60 s) per closed connection, and TCP timestamps and initial sequence
+//! numbers are offset per (source, destination) address pair of the *client's* socket, which is
+//! the backend address for direct and eBPF but the VIP for iptables. Sharing one client address,
+//! a mode's SYN that reuses a port the previous mode left in `TIME_WAIT` carried a timestamp
+//! from another offset, was dropped by the backend's PAWS check and retransmitted after 1 s, 3 s…
+//! (measured: `TcpExtPAWSTimewait` on the backend, `TCPSynRetrans` on the client), which
+//! collapsed iptables to ≈ 300 connections/s. Per-mode sources keep the modes' 4-tuples apart.
 //! Writes `docs/benchmarks/dataplane.{md,json,png}`.
 
 use std::fmt::Write as _;
@@ -44,6 +53,8 @@ pub struct DataplaneArgs {
 
 const VIP: &str = "10.96.255.254";
 const BACKENDS: [&str; 4] = ["10.210.2.11", "10.210.2.12", "10.210.2.13", "10.210.2.14"];
+/// The client netns's addresses, one per mode (see the module comment).
+const CLIENTS: [&str; 3] = ["10.210.1.2", "10.210.1.3", "10.210.1.4"];
 
 struct Env {
     tag: String,
@@ -114,9 +125,11 @@ fn setup(agent: PathBuf) -> Result<Env> {
         (format!("sbc{t}"), format!("sbn{t}"), format!("sbm{t}"), format!("sbb{t}"));
     ip(&["-n", &c, "link", "add", &vc, "type", "veth", "peer", "name", &vn, "netns", &n])?;
     ip(&["-n", &n, "link", "add", &vm, "type", "veth", "peer", "name", &vb, "netns", &b])?;
-    ip(&["-n", &c, "addr", "add", "10.210.1.2/24", "dev", &vc])?;
+    for a in CLIENTS {
+        ip(&["-n", &c, "addr", "add", &format!("{a}/24"), "dev", &vc])?;
+    }
     ip(&["-n", &c, "link", "set", &vc, "up"])?;
-    ip(&["-n", &c, "route", "add", "default", "via", "10.210.1.1"])?;
+    ip(&["-n", &c, "route", "add", "default", "via", "10.210.1.1", "src", CLIENTS[0]])?;
     ip(&["-n", &n, "addr", "add", "10.210.1.1/24", "dev", &vn])?;
     ip(&["-n", &n, "addr", "add", "10.210.2.1/24", "dev", &vm])?;
     ip(&["-n", &n, "link", "set", &vn, "up"])?;
@@ -245,6 +258,44 @@ impl Mode {
             Mode::Ebpf => "ebpf",
         }
     }
+
+    /// The client address this mode's connections come from.
+    fn client_addr(self) -> &'static str {
+        match self {
+            Mode::Direct => CLIENTS[0],
+            Mode::Iptables => CLIENTS[1],
+            Mode::Ebpf => CLIENTS[2],
+        }
+    }
+}
+
+/// Makes the client netns's connections leave from `addr` (the default route's source hint).
+fn use_client_addr(env: &Env, addr: &str) -> Result<()> {
+    ip(&["-n", &env.ns("client"), "route", "replace", "default", "via", "10.210.1.1", "src", addr])
+}
+
+/// Client SYN retransmissions and backend PAWS rejections in `TIME_WAIT` so far (cumulative).
+fn stall_counters(env: &Env) -> (u64, u64) {
+    let read = |role: &str, field: &str| -> u64 {
+        let text = output(Command::new("ip").args([
+            "netns",
+            "exec",
+            &env.ns(role),
+            "cat",
+            "/proc/net/netstat",
+        ]))
+        .unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines
+            .chunks(2)
+            .filter(|p| p.len() == 2 && p[0].starts_with("TcpExt:"))
+            .find_map(|p| {
+                let i = p[0].split_whitespace().position(|f| f == field)?;
+                p[1].split_whitespace().nth(i)?.parse().ok()
+            })
+            .unwrap_or(0)
+    };
+    (read("client", "TCPSynRetrans"), read("backend", "PAWSTimewait"))
 }
 
 fn agent_cmd(env: &Env, mode: Mode, source: &Path) -> Command {
@@ -354,8 +405,9 @@ pub fn connect_latency(addr: std::net::SocketAddr, count: usize) -> Result<()> {
     Ok(())
 }
 
-/// Runs `connect-latency` in the client netns and bench cgroup; returns (p50 µs, p99 µs).
-fn measure_connect(env: &Env, addr: &str) -> Result<(f64, f64)> {
+/// Runs `connect-latency` in the client netns and bench cgroup; returns (p50 µs, p99 µs,
+/// connects that failed or timed out after 2 s, which the percentiles leave out).
+fn measure_connect(env: &Env, addr: &str) -> Result<(f64, f64, u64)> {
     let me = std::env::current_exe().context("own path")?;
     let script = format!(
         "echo $$ > {}/cgroup.procs && exec ip netns exec {} {} connect-latency {addr} 2000",
@@ -366,7 +418,11 @@ fn measure_connect(env: &Env, addr: &str) -> Result<(f64, f64)> {
     let out = output(Command::new("sh").args(["-c", &script]))?;
     let v: Value =
         serde_json::from_str(out.trim()).with_context(|| format!("connect-latency said: {out}"))?;
-    Ok((v["p50_us"].as_f64().unwrap_or(f64::NAN), v["p99_us"].as_f64().unwrap_or(f64::NAN)))
+    Ok((
+        v["p50_us"].as_f64().unwrap_or(f64::NAN),
+        v["p99_us"].as_f64().unwrap_or(f64::NAN),
+        v["failed"].as_u64().unwrap_or(0),
+    ))
 }
 
 fn parse_duration_ms(v: &str) -> f64 {
@@ -453,7 +509,10 @@ pub fn run_dataplane(args: &DataplaneArgs) -> Result<()> {
                 m => agent_sync(&env, m, &source, churn)?,
             };
             println!("bench dataplane: {} × {n}: measuring", mode.name());
+            use_client_addr(&env, mode.client_addr())?;
+            let (retrans_before, paws_before) = stall_counters(&env);
             let close = wrk(&env, &url, true, args);
+            let (retrans_after, paws_after) = stall_counters(&env);
             let keep = wrk(&env, &url, false, args);
             let target = if mode == Mode::Direct {
                 format!("{}:8080", BACKENDS[0])
@@ -466,7 +525,7 @@ pub fn run_dataplane(args: &DataplaneArgs) -> Result<()> {
             }
             let (conn_s, p50, p99, close_errors) = close?;
             let (req_s, _, _, keep_errors) = keep?;
-            let (connect_p50, connect_p99) = connect?;
+            let (connect_p50, connect_p99, connect_failed) = connect?;
             let (full, ch50, ch99, cpu) = if sync.is_null() {
                 (f64::NAN, f64::NAN, f64::NAN, f64::NAN)
             } else {
@@ -476,7 +535,8 @@ pub fn run_dataplane(args: &DataplaneArgs) -> Result<()> {
                 "  conn/s {conn_s:.0}  keep-alive req/s {req_s:.0}  p50 {p50:.3} ms  p99 {p99:.3} ms  full sync {full:.3} s  change p50 {ch50:.2} ms"
             );
             rows.push(json!({"mode": mode.name(), "services": n, "conn_per_s": conn_s, "keepalive_req_per_s": req_s,
-                "close_latency_p50_ms": p50, "close_latency_p99_ms": p99, "connect_p50_us": connect_p50, "connect_p99_us": connect_p99, "full_sync_s": full, "change_p50_ms": ch50,
+                "close_latency_p50_ms": p50, "close_latency_p99_ms": p99, "connect_p50_us": connect_p50, "connect_p99_us": connect_p99, "connect_failed": connect_failed,
+                "close_syn_retransmits": retrans_after.saturating_sub(retrans_before), "close_paws_timewait_drops": paws_after.saturating_sub(paws_before), "full_sync_s": full, "change_p50_ms": ch50,
                 "change_p99_ms": ch99, "churn_cpu_percent": cpu, "wrk_socket_errors_close": close_errors,
                 "wrk_socket_errors_keepalive": keep_errors, "agent": sync}));
         }
@@ -559,7 +619,7 @@ fn write_report(args: &DataplaneArgs, rows: &[Value], legacy: &[Value], load: &s
     );
     let _ = writeln!(
         md,
-        "Setup: kernel {kernel}, {} CPUs, load average at start `{}`; {wrk_v}; wrk 1 thread, {} connections, {} s per run; one nginx worker on 4 addresses. Client (wrk), node (iptables) and backends (nginx) in three network namespaces joined by veths. Each Service has 4 endpoints; the measured Service sorts last in `KUBE-SERVICES` (the iptables worst case). Direct = wrk to a backend address with no proxy state loaded. eBPF = socket LB (`skiff-agent proxy --mode ebpf`); iptables = kube-proxy's rule structure (`skiff-agent proxy --mode iptables`) on iptables-nft, loaded with one flushing `iptables-restore` of the filter and nat tables (iptables-nft `--noflush` restores of large rule sets are far slower; legacy `--noflush` sync times are listed separately).",
+        "Setup: kernel {kernel}, {} CPUs, load average at start `{}`; {wrk_v}; wrk 1 thread, {} connections, {} s per run; one nginx worker on 4 addresses. Client (wrk), node (iptables) and backends (nginx) in three network namespaces joined by veths; each mode connects from a client address of its own, so no mode's SYNs meet the TIME_WAIT sockets another mode left on the backends. Each Service has 4 endpoints; the measured Service sorts last in `KUBE-SERVICES` (the iptables worst case). Direct = wrk to a backend address with no proxy state loaded. eBPF = socket LB (`skiff-agent proxy --mode ebpf`); iptables = kube-proxy's rule structure (`skiff-agent proxy --mode iptables`) on iptables-nft, loaded with one flushing `iptables-restore` of the filter and nat tables (iptables-nft `--noflush` restores of large rule sets are far slower; legacy `--noflush` sync times are listed separately).",
         json["setup"]["cpus"],
         load.trim(),
         args.connections,
@@ -593,6 +653,18 @@ fn write_report(args: &DataplaneArgs, rows: &[Value], legacy: &[Value], load: &s
                 "{:.0} / {:.0}",
                 get(rows, m, n, "connect_p50_us"),
                 get(rows, m, n, "connect_p99_us")
+            )
+        };
+        let _ = writeln!(md, "| {n} | {} | {} | {} |", f("direct"), f("iptables"), f("ebpf"));
+    }
+    md.push_str("\n## Stalls: client SYN retransmits / backend PAWS drops in TIME_WAIT during the `Connection: close` run; connects of the latency run that failed (2 s timeout, left out of the percentiles)\n\n| Services | direct | iptables | eBPF |\n|---|---|---|---|\n");
+    for &n in &args.services {
+        let f = |m: &str| {
+            format!(
+                "{:.0} / {:.0}; {:.0}",
+                get(rows, m, n, "close_syn_retransmits"),
+                get(rows, m, n, "close_paws_timewait_drops"),
+                get(rows, m, n, "connect_failed")
             )
         };
         let _ = writeln!(md, "| {n} | {} | {} | {} |", f("direct"), f("iptables"), f("ebpf"));
