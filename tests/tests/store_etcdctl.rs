@@ -141,9 +141,9 @@ fn etcdctl_works_against_a_three_member_cluster() {
         ])
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let port = skiff_e2e::masters::free_port().unwrap();
-    let peer = skiff_e2e::masters::free_port().unwrap();
-    let metrics = skiff_e2e::masters::free_port().unwrap();
+    let port = skiff_e2e::free_port().unwrap();
+    let peer = skiff_e2e::free_port().unwrap();
+    let metrics = skiff_e2e::free_port().unwrap();
     let mut single = Command::new(masters.binary())
         .args(["run", "--name", "restored", "--data-dir", &restored.to_string_lossy()])
         .args([
