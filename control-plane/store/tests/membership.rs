@@ -149,3 +149,34 @@ async fn remove_then_add_member_keeps_every_acked_write() -> anyhow::Result<()> 
     c.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn removing_the_leader_hands_over_without_losing_writes() -> anyhow::Result<()> {
+    let mut c = Cluster::start(3, tuning()).await?;
+    let leader = c.leader(&[0, 1, 2]).await?;
+    let kept: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = background_writer(kept.iter().map(|i| c.node(*i).clone()).collect(), stop.clone());
+    // Asked through a follower: the request is forwarded to the leader, which removes itself.
+    let after = admin(c.node(kept[0]), AdminRequest::Remove { id: c.id(leader) }).await?;
+    assert_eq!(after.len(), 2, "{:?}", names(&after));
+    let new = c.leader(&kept).await?;
+    assert_ne!(new, leader, "the removed leader stepped down");
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = writer.await?;
+    c.kill(leader).await;
+    for i in 0..5 {
+        let k = format!("/m/after-{i}");
+        acked.insert(k.clone(), put(c.node(kept[i % 2]), &k, "x").await?);
+    }
+    let reference = stored(c.node(new), true).await?;
+    for (k, rev) in &acked {
+        assert_eq!(reference.get(k), Some(rev), "acked write {k} at {rev}");
+    }
+    for i in &kept {
+        assert_eq!(c.node(*i).members().len(), 2);
+        assert_eq!(stored(c.node(*i), true).await?, reference);
+    }
+    c.shutdown().await;
+    Ok(())
+}
