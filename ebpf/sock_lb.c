@@ -7,6 +7,7 @@
  */
 #include "skiff/common.h"
 #include "skiff/lb.h"
+#include "skiff/lb_maps.h"
 
 #define SYS_REJECT 0
 #define SYS_PROCEED 1
@@ -14,24 +15,6 @@
 #define ECONNREFUSED 111
 #endif
 #define NSEC_PER_SEC 1000000000ULL
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct lb4_svc_key);
-	__type(value, struct lb4_svc_val);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-} svc4 SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u32);
-	__type(value, struct lb4_backend);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-} be4 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -65,16 +48,6 @@ struct {
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } lb_stats SEC(".maps");
-
-/* Defined here too so the socket LB (loaded first) creates and pins it for the tc program. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u32);
-	__type(value, struct lb4_maglev_row);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-} maglev4 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

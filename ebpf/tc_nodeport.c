@@ -12,6 +12,7 @@
  */
 #include "skiff/common.h"
 #include "skiff/lb.h"
+#include "skiff/lb_maps.h"
 
 #include <linux/tcp.h>
 #include <linux/udp.h>
@@ -38,40 +39,12 @@ struct ct4_val {
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct lb4_svc_key);
-	__type(value, struct lb4_svc_val);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-} svc4 SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u32);
-	__type(value, struct lb4_backend);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-} be4 SEC(".maps");
-
-struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 262144);
 	__type(key, struct ct4_key);
 	__type(value, struct ct4_val);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ct4 SEC(".maps");
-
-/* Shared with sock_lb.c (which defines it too, so whichever loads first creates the pin). */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u32);
-	__type(value, struct lb4_maglev_row);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-} maglev4 SEC(".maps");
 
 #define IP_CSUM_OFF (ETH_HLEN + offsetof(struct iphdr, check))
 #define IP_DST_OFF (ETH_HLEN + offsetof(struct iphdr, daddr))

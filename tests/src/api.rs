@@ -3,7 +3,6 @@
 //! `/tmp/skiff-test-<tag>` and is removed on drop; processes are stopped by PID.
 
 use std::fs;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -14,12 +13,7 @@ use nix::unistd::Pid;
 use skiff_apiserver::{Config, Running, http::Limits, pki};
 use tokio_util::sync::CancellationToken;
 
-use crate::wait;
-
-/// A free loopback TCP port (bound and released; the short race is acceptable in tests).
-pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
+use crate::{free_port, wait};
 
 /// A test directory removed on drop.
 #[derive(Debug)]

@@ -10,6 +10,12 @@ pub mod masters;
 pub mod privileged;
 pub mod wait;
 
+/// A free loopback TCP port: bound, then released for the process under test to bind (the
+/// short race is acceptable in tests).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
 /// A short tag unique to this test process and call, for names of namespaces, veths, cgroups and
 /// containers. Everything a test creates carries `skt` plus this tag, so a crashed run can never
 /// collide with the next one (and leftovers are easy to spot: `ip netns | grep skt`).

@@ -3,14 +3,13 @@
 //! crash), can be restarted with the same flags, and everything is removed in `Drop`.
 
 use std::fs::{self, File};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::wait;
+use crate::{free_port, wait};
 
 /// The `skiff-master` binary next to the running test (built by `cargo build -p skiff-master`
 /// if missing).
@@ -33,11 +32,6 @@ pub fn master_binary() -> Result<PathBuf> {
         }
     }
     Ok(bin)
-}
-
-/// A free loopback port (bound then released; the member binds it right after).
-pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// One member's fixed flags.

@@ -141,9 +141,9 @@ fn etcdctl_works_against_a_three_member_cluster() {
         ])
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let port = skiff_e2e::masters::free_port().unwrap();
-    let peer = skiff_e2e::masters::free_port().unwrap();
-    let metrics = skiff_e2e::masters::free_port().unwrap();
+    let port = skiff_e2e::free_port().unwrap();
+    let peer = skiff_e2e::free_port().unwrap();
+    let metrics = skiff_e2e::free_port().unwrap();
     let mut single = Command::new(masters.binary())
         .args(["run", "--name", "restored", "--data-dir", &restored.to_string_lossy()])
         .args([
@@ -180,4 +180,44 @@ fn etcdctl_works_against_a_three_member_cluster() {
     let (code, body) = http_get(masters.specs[0].metrics_port, "/metrics").unwrap();
     assert_eq!(code, 200);
     assert!(body.contains("skiff_store_wal_fsync_seconds_bucket"));
+}
+
+/// Removes the test's temp dir on drop, also on panic.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn restore_of_a_corrupt_backup_fails_cleanly_and_creates_nothing() {
+    let bin = skiff_e2e::masters::master_binary().unwrap();
+    let dir = TempDir(std::env::temp_dir().join(format!("skiff-test-restore-{}", unique_tag())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let cases: [(&str, Vec<u8>); 3] = [
+        ("empty", Vec::new()),
+        ("garbage", (0..4096u32).map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes()[1]).collect()),
+        // Right size class for a backup (multiple of 512 plus a 32-byte digest), wrong digest.
+        ("bad-digest", vec![0x5a; 1024 + 32]),
+    ];
+    for (name, bytes) in cases {
+        let file = dir.0.join(format!("{name}.snap"));
+        std::fs::write(&file, bytes).unwrap();
+        let target = dir.0.join(format!("{name}-data"));
+        let out = Command::new(&bin)
+            .args(["snapshot", "restore", &file.to_string_lossy()])
+            .args(["--data-dir", &target.to_string_lossy()])
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: restore of a corrupt file must fail: {out:?}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{name}: one-line error: {stderr}");
+        assert!(stderr.starts_with("skiff-master: "), "{name}: {stderr}");
+        assert!(out.stdout.is_empty(), "{name}: nothing printed as success: {out:?}");
+        assert!(!target.exists(), "{name}: {} must not be created", target.display());
+    }
 }

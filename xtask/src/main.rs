@@ -33,26 +33,25 @@ enum Task {
     },
 }
 
+/// How much of a benchmark to run, and what to say about the run.
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Quick smoke scale instead of the full run.
+    #[arg(long)]
+    small: bool,
+    /// A note for the report (e.g. that the machine was busy).
+    #[arg(long)]
+    note: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum BenchArea {
     /// 3-member Skiff store vs 3-member etcd 3.4 with the same client.
-    Store {
-        /// Quick smoke scale (2k writes, 2 s phases) instead of the full run.
-        #[arg(long)]
-        small: bool,
-        /// A note for the report (e.g. that the machine was busy).
-        #[arg(long)]
-        note: Option<String>,
-    },
+    /// `--small`: 2k writes and 2 s phases.
+    Store(RunArgs),
     /// API server on 3 masters: pod creates at 64 clients, lists of 10k pods, 1000 watchers.
-    Api {
-        /// Quick smoke scale (1k pods, 100 watchers) instead of the full run.
-        #[arg(long)]
-        small: bool,
-        /// A note for the report (e.g. that the machine was busy).
-        #[arg(long)]
-        note: Option<String>,
-    },
+    /// `--small`: 1k pods and 100 watchers.
+    Api(RunArgs),
     /// Service routing: direct vs iptables vs eBPF (root; nginx, wrk, gnuplot).
     Dataplane(xtask::bench_dataplane::DataplaneArgs),
 }
@@ -64,14 +63,14 @@ fn main() -> ExitCode {
         Task::Images => xtask::images::build_images(),
         Task::Ci => xtask::ci::run_ci(),
         Task::Demo => xtask::demo::run_demo(),
-        Task::Bench { area: BenchArea::Store { small, note } } => {
-            xtask::bench_store::bench_store(small, note.as_deref())
+        Task::Bench { area: BenchArea::Store(a) } => {
+            xtask::bench_store::bench_store(a.small, a.note.as_deref())
         }
         Task::ConnectLatency { addr, count } => {
             xtask::bench_dataplane::connect_latency(addr, count)
         }
-        Task::Bench { area: BenchArea::Api { small, note } } => {
-            xtask::bench_api::bench_api(small, note.as_deref())
+        Task::Bench { area: BenchArea::Api(a) } => {
+            xtask::bench_api::bench_api(a.small, a.note.as_deref())
         }
         Task::Bench { area: BenchArea::Dataplane(args) } => {
             xtask::bench_dataplane::run_dataplane(&args)

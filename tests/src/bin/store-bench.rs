@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use rand::Rng;
 use serde_json::json;
-use skiff_e2e::masters::{Masters, free_port};
+use skiff_e2e::free_port;
+use skiff_e2e::masters::Masters;
 use skiff_proto::etcdserverpb::kv_client::KvClient;
 use skiff_proto::etcdserverpb::watch_client::WatchClient;
 use skiff_proto::etcdserverpb::{

@@ -76,6 +76,39 @@ impl Cluster {
         Ok(Self { dir, members, nodes })
     }
 
+    /// Starts a new, empty replica named `name` that joins the existing cluster once a member
+    /// adds it; returns its index. It is not a member until `AdminRequest::Add` commits.
+    pub async fn start_joiner(&mut self, name: &str, tuning: RaftTuning) -> Result<usize> {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let member = Member {
+            name: name.into(),
+            peer_url: format!("http://{}", l.local_addr()?),
+            client_url: String::new(),
+        };
+        self.members.push(member.clone());
+        let net = NetControl::default();
+        let store = Store::open(StoreConfig {
+            name: member.name.clone(),
+            data_dir: self.dir.path().join(&member.name),
+            peer_url: member.peer_url.clone(),
+            client_url: String::new(),
+            initial_cluster: self.members.clone(),
+            join_existing: true,
+            tuning,
+            net: net.clone(),
+        })
+        .await?;
+        let svc = store.peer_service();
+        let server = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l))
+                .await;
+        });
+        self.nodes.push(Some(Node { store, net, server }));
+        Ok(self.nodes.len() - 1)
+    }
+
     pub fn id(&self, i: usize) -> u64 {
         member_id(&self.members[i].name)
     }
