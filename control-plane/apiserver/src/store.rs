@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use skiff_proto::etcdserverpb::{
-    Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    Compare, DeleteRangeRequest, PutRequest, RangeRequest, RangeResponse, RequestOp, TxnRequest,
     WatchCreateRequest, WatchRequest, WatchResponse, compare, kv_client::KvClient, request_op,
     watch_client::WatchClient, watch_request,
 };
@@ -141,13 +141,7 @@ impl Store {
     /// One key at the latest revision; also returns the store revision.
     pub async fn get(&self, key: &str) -> Result<(Option<Stored>, i64), StoreError> {
         let req = RangeRequest { key: key.as_bytes().to_vec(), ..Default::default() };
-        let resp = self
-            .retry(|mut kv| {
-                let req = req.clone();
-                async move { kv.range(req).await }
-            })
-            .await?
-            .into_inner();
+        let resp = self.range_request(req).await?;
         let rev = resp.header.map_or(0, |h| h.revision);
         Ok((resp.kvs.into_iter().next().map(convert), rev))
     }
@@ -166,28 +160,27 @@ impl Store {
             revision,
             ..Default::default()
         };
-        let resp = self
+        let resp = self.range_request(req).await?;
+        let rev = resp.header.map_or(0, |h| h.revision);
+        Ok((resp.kvs.into_iter().map(convert).collect(), rev))
+    }
+
+    /// One Range call, retried like every other request.
+    async fn range_request(&self, req: RangeRequest) -> Result<RangeResponse, StoreError> {
+        Ok(self
             .retry(|mut kv| {
                 let req = req.clone();
                 async move { kv.range(req).await }
             })
             .await?
-            .into_inner();
-        let rev = resp.header.map_or(0, |h| h.revision);
-        Ok((resp.kvs.into_iter().map(convert).collect(), rev))
+            .into_inner())
     }
 
     /// The store's current revision (a linearizable read).
     pub async fn revision(&self) -> Result<i64, StoreError> {
         let req =
             RangeRequest { key: b"/registry/\0".to_vec(), count_only: true, ..Default::default() };
-        let resp = self
-            .retry(|mut kv| {
-                let req = req.clone();
-                async move { kv.range(req).await }
-            })
-            .await?
-            .into_inner();
+        let resp = self.range_request(req).await?;
         Ok(resp.header.map_or(0, |h| h.revision))
     }
 
