@@ -583,6 +583,19 @@ pub fn run_dataplane(args: &DataplaneArgs) -> Result<()> {
     write_report(args, &rows, &legacy, &load)
 }
 
+/// One table row per Service count with a cell for each mode (direct, iptables, eBPF).
+fn per_mode_rows(md: &mut String, services: &[usize], cell: impl Fn(&str, usize) -> String) {
+    for &n in services {
+        let _ = writeln!(
+            md,
+            "| {n} | {} | {} | {} |",
+            cell("direct", n),
+            cell("iptables", n),
+            cell("ebpf", n)
+        );
+    }
+}
+
 fn get(rows: &[Value], mode: &str, n: usize, field: &str) -> f64 {
     rows.iter()
         .find(|r| r["mode"] == mode && r["services"] == n)
@@ -647,39 +660,30 @@ fn write_report(args: &DataplaneArgs, rows: &[Value], legacy: &[Value], load: &s
         let _ = writeln!(md, "| {n} | {d:.0} | {i:.0} | {e:.0} | {:.2}× |", e / d);
     }
     md.push_str("\n## Connect latency (2,000 sequential `connect()` calls, µs)\n\n| Services | direct p50 / p99 | iptables p50 / p99 | eBPF p50 / p99 |\n|---|---|---|---|\n");
-    for &n in &args.services {
-        let f = |m: &str| {
-            format!(
-                "{:.0} / {:.0}",
-                get(rows, m, n, "connect_p50_us"),
-                get(rows, m, n, "connect_p99_us")
-            )
-        };
-        let _ = writeln!(md, "| {n} | {} | {} | {} |", f("direct"), f("iptables"), f("ebpf"));
-    }
+    per_mode_rows(&mut md, &args.services, |m, n| {
+        format!(
+            "{:.0} / {:.0}",
+            get(rows, m, n, "connect_p50_us"),
+            get(rows, m, n, "connect_p99_us")
+        )
+    });
     md.push_str("\n## Stalls: client SYN retransmits / backend PAWS drops in TIME_WAIT during the `Connection: close` run; connects of the latency run that failed (2 s timeout, left out of the percentiles)\n\n| Services | direct | iptables | eBPF |\n|---|---|---|---|\n");
-    for &n in &args.services {
-        let f = |m: &str| {
-            format!(
-                "{:.0} / {:.0}; {:.0}",
-                get(rows, m, n, "close_syn_retransmits"),
-                get(rows, m, n, "close_paws_timewait_drops"),
-                get(rows, m, n, "connect_failed")
-            )
-        };
-        let _ = writeln!(md, "| {n} | {} | {} | {} |", f("direct"), f("iptables"), f("ebpf"));
-    }
+    per_mode_rows(&mut md, &args.services, |m, n| {
+        format!(
+            "{:.0} / {:.0}; {:.0}",
+            get(rows, m, n, "close_syn_retransmits"),
+            get(rows, m, n, "close_paws_timewait_drops"),
+            get(rows, m, n, "connect_failed")
+        )
+    });
     md.push_str("\n## Request latency on new connections (wrk, from request sent to response; connect time not included), ms\n\n| Services | direct p50 / p99 | iptables p50 / p99 | eBPF p50 / p99 |\n|---|---|---|---|\n");
-    for &n in &args.services {
-        let f = |m: &str| {
-            format!(
-                "{:.3} / {:.3}",
-                get(rows, m, n, "close_latency_p50_ms"),
-                get(rows, m, n, "close_latency_p99_ms")
-            )
-        };
-        let _ = writeln!(md, "| {n} | {} | {} | {} |", f("direct"), f("iptables"), f("ebpf"));
-    }
+    per_mode_rows(&mut md, &args.services, |m, n| {
+        format!(
+            "{:.3} / {:.3}",
+            get(rows, m, n, "close_latency_p50_ms"),
+            get(rows, m, n, "close_latency_p99_ms")
+        )
+    });
     md.push_str("\n## Programming the data plane\n\nFull sync = all Services from empty; change = one endpoint removed or re-added, time until the kernel state is written (eBPF: maps updated; iptables: `iptables-restore` returned); CPU = agent plus its `iptables-restore` children during the churn, % of one core.\n\n| Services | eBPF full sync s | iptables-nft full sync s | iptables-legacy full sync s (`--noflush`) | eBPF change p50 / p99 ms | iptables-nft change p50 ms | iptables-legacy change p50 ms | eBPF CPU % | iptables CPU % |\n|---|---|---|---|---|---|---|---|---|\n");
     for &n in &args.services {
         let lg = legacy.iter().find(|l| l["services"] == n);
