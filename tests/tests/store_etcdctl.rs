@@ -25,6 +25,15 @@ fn etcdctl(endpoints: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
     child.wait_with_output().expect("etcdctl finishes")
 }
 
+/// The store revision in the header of a `-w json` answer.
+fn header_revision(json: &str) -> i64 {
+    json.split("\"revision\":")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|s| s.parse().ok())
+        .expect("revision in json header")
+}
+
 fn ok(endpoints: &str, args: &[&str]) -> String {
     let out = etcdctl(endpoints, args, None);
     assert!(
@@ -49,11 +58,13 @@ fn etcdctl_works_against_a_three_member_cluster() {
     let m1 = masters.specs[1].client_endpoint();
     let m2 = masters.specs[2].client_endpoint();
 
-    // A watch on a follower, started before the writes.
+    // A watch on a follower from the revision after the current one: it sees every write below
+    // even if etcdctl connects only after the first of them is applied.
+    let start = header_revision(&ok(&all, &["get", "/e2e/", "-w", "json"])) + 1;
     let watch_out = masters.dir.join("watch.out");
     let mut watch = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
-        .args(["--endpoints", &m2, "watch", "--prefix", "/e2e/"])
+        .args(["--endpoints", &m2, "watch", "--prefix", "/e2e/", "--rev", &start.to_string()])
         .stdout(std::fs::File::create(&watch_out).expect("watch output file"))
         .stderr(Stdio::null())
         .spawn()
@@ -91,13 +102,7 @@ fn etcdctl_works_against_a_three_member_cluster() {
     );
 
     // Compaction: old revisions answer "compacted", current reads still work.
-    let status = ok(&m1, &["get", "/e2e/a", "-w", "json"]);
-    let rev: i64 = status
-        .split("\"revision\":")
-        .nth(1)
-        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|s| s.parse().ok())
-        .expect("revision in json header");
+    let rev = header_revision(&ok(&m1, &["get", "/e2e/a", "-w", "json"]));
     ok(&all, &["compaction", &rev.to_string()]);
     let out = etcdctl(&all, &["get", "/e2e/a", "--rev", "2"], None);
     assert!(!out.status.success());
