@@ -1,14 +1,23 @@
-//! The data-plane test topology: a client, a node and a backend network namespace joined by
-//! veths and routes, real TCP/UDP servers in the backend namespace, a test-owned cgroup2
-//! directory for the client process, and guards that remove all of it (also on panic).
+//! The data-plane test topology: a client, a node, a backend and a second node's network
+//! namespace joined by veths and routes, real TCP/UDP servers in the backend namespace and on
+//! the second node, a test-owned cgroup2 directory for the client process, and guards that
+//! remove all of it (also on panic).
 //!
 //! ```text
 //! client netns  10.200.1.2 ──veth── 10.200.1.1  node netns  10.200.2.1 ──veth── backend netns
-//!   (probe process, in the test cgroup)       (iptables rules)          10.200.2.11..  (servers)
+//!   (probe process,                            (iptables rules,          10.200.2.11..  (servers)
+//!    in the test cgroup)                         tc programs)
+//!      10.200.4.2                               10.200.3.1
+//!          │                                        │ veth
+//!          └───veth─── 10.200.4.1  node2 netns  10.200.3.2
+//!                      remote backend 10.200.5.11 (server r0)
 //! ```
 //! The client's default route goes through the node, so a Service address that no one owns is
 //! routed to the node, where iptables mode rewrites it; in eBPF mode the client's own
-//! `connect()` is rewritten by the programs attached to the test cgroup.
+//! `connect()` is rewritten by the programs attached to the test cgroup. The node reaches the
+//! remote backend through node2, but node2 routes the client's network over its direct link to
+//! the client: a reply from the remote backend comes back through the node only if the node
+//! rewrote the request's source to its own address (SNAT).
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -40,6 +49,14 @@ pub const NODE_BACKEND_SIDE: Ipv4Addr = Ipv4Addr::new(10, 200, 2, 1);
 pub fn backend_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 200, 2, 11 + u8::try_from(i).unwrap_or(0))
 }
+/// The node's address on its link to node2 (its SNAT address for the remote backend).
+pub const NODE_REMOTE_SIDE: Ipv4Addr = Ipv4Addr::new(10, 200, 3, 1);
+pub const NODE2_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 3, 2);
+/// The client's and node2's addresses on their direct link.
+pub const CLIENT_DIRECT_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 4, 2);
+pub const NODE2_CLIENT_SIDE: Ipv4Addr = Ipv4Addr::new(10, 200, 4, 1);
+/// The backend on node2 (server id `r0`).
+pub const REMOTE_BACKEND_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 5, 11);
 /// TCP and UDP port of every backend server.
 pub const BACKEND_PORT: u16 = 8080;
 
@@ -122,6 +139,7 @@ pub struct Topology {
     pub client: NetNs,
     pub node: NetNs,
     pub backend: NetNs,
+    pub node2: NetNs,
     pub backends: usize,
     probe_bin: PathBuf,
 }
@@ -133,15 +151,25 @@ impl Topology {
         let client = NetNs::create(&format!("skt-{tag}-client"))?;
         let node = NetNs::create(&format!("skt-{tag}-node"))?;
         let backend = NetNs::create(&format!("skt-{tag}-backend"))?;
+        let node2 = NetNs::create(&format!("skt-{tag}-node2"))?;
         let (c0, n0, n1, b0) = (
             format!("skt{tag}c"),
             format!("skt{tag}n"),
             format!("skt{tag}m"),
             format!("skt{tag}b"),
         );
+        // node <-> node2, client <-> node2.
+        let (n2, r0, c1, r1) = (
+            format!("skt{tag}o"),
+            format!("skt{tag}p"),
+            format!("skt{tag}d"),
+            format!("skt{tag}e"),
+        );
         Ip::netns(&client).add_veth(&c0, &n0, Some(&node))?;
         Ip::netns(&node).add_veth(&n1, &b0, Some(&backend))?;
-        for ns in [&client, &node, &backend] {
+        Ip::netns(&node).add_veth(&n2, &r0, Some(&node2))?;
+        Ip::netns(&client).add_veth(&c1, &r1, Some(&node2))?;
+        for ns in [&client, &node, &backend, &node2] {
             Ip::netns(ns).set_up("lo")?;
             Ip::netns(ns).set_sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
         }
@@ -149,11 +177,16 @@ impl Topology {
         ip.add_address(&c0, Ipv4Net::new(CLIENT_IP, 24))?;
         ip.set_up(&c0)?;
         ip.add_route(None, Some(NODE_CLIENT_SIDE), None)?;
+        ip.add_address(&c1, Ipv4Net::new(CLIENT_DIRECT_IP, 24))?;
+        ip.set_up(&c1)?;
         let ip = Ip::netns(&node);
         ip.add_address(&n0, Ipv4Net::new(NODE_CLIENT_SIDE, 24))?;
         ip.add_address(&n1, Ipv4Net::new(NODE_BACKEND_SIDE, 24))?;
+        ip.add_address(&n2, Ipv4Net::new(NODE_REMOTE_SIDE, 24))?;
         ip.set_up(&n0)?;
         ip.set_up(&n1)?;
+        ip.set_up(&n2)?;
+        ip.add_route(Some(Ipv4Net::new(Ipv4Addr::new(10, 200, 5, 0), 24)), Some(NODE2_IP), None)?;
         ip.set_sysctl("net.ipv4.ip_forward", "1")?;
         // A node has a route for Service addresses (usually its default route), so a packet to
         // a VIP without endpoints reaches the filter table's REJECT rather than "no route".
@@ -164,6 +197,20 @@ impl Topology {
         }
         ip.set_up(&b0)?;
         ip.add_route(None, Some(NODE_BACKEND_SIDE), None)?;
+        // node2: the remote backend on its loopback; the client's network over the direct link
+        // (not through the node), everything else through the node.
+        let ip = Ip::netns(&node2);
+        ip.add_address("lo", Ipv4Net::new(REMOTE_BACKEND_IP, 32))?;
+        ip.add_address(&r0, Ipv4Net::new(NODE2_IP, 24))?;
+        ip.add_address(&r1, Ipv4Net::new(NODE2_CLIENT_SIDE, 24))?;
+        ip.set_up(&r0)?;
+        ip.set_up(&r1)?;
+        ip.add_route(
+            Some(Ipv4Net::new(Ipv4Addr::new(10, 200, 1, 0), 24)),
+            Some(CLIENT_DIRECT_IP),
+            None,
+        )?;
+        ip.add_route(None, Some(NODE_REMOTE_SIDE), None)?;
 
         let mut cmd = Command::new(probe_bin);
         cmd.arg("serve").arg("--netns").arg(backend.path());
@@ -171,6 +218,8 @@ impl Topology {
             let spec = format!("{}:{BACKEND_PORT}=b{i}", backend_ip(i));
             cmd.arg("--tcp").arg(&spec).arg("--udp").arg(&spec);
         }
+        let spec = format!("{REMOTE_BACKEND_IP}:{BACKEND_PORT}=r0");
+        cmd.arg("--netns").arg(node2.path()).arg("--tcp").arg(&spec).arg("--udp").arg(&spec);
         let mut child =
             cmd.stdin(Stdio::null()).stdout(Stdio::piped()).spawn().context("starting servers")?;
         let mut ready = String::new();
@@ -190,6 +239,7 @@ impl Topology {
             client,
             node,
             backend,
+            node2,
             backends,
             probe_bin: probe_bin.to_owned(),
         };
@@ -219,6 +269,11 @@ impl Topology {
     /// The node's interface towards the client (its NodePort-facing "external" interface).
     pub fn node_client_dev(&self) -> String {
         format!("skt{}n", self.tag)
+    }
+
+    /// The node's interface towards node2.
+    pub fn node_remote_dev(&self) -> String {
+        format!("skt{}o", self.tag)
     }
 
     pub fn probe(&mut self) -> &mut Probe {

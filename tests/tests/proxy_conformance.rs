@@ -19,7 +19,10 @@ use skiff_agent::proxy::maglev;
 use skiff_agent::proxy::source::{Object, parse_objects};
 use skiff_agent::proxy::tracker::ServiceTracker;
 use skiff_agent::proxy::{DesiredState, Proxier, SyncReport};
-use skiff_e2e::dataplane::{BACKEND_PORT, CLIENT_IP, NODE_CLIENT_SIDE, Topology, backend_ip};
+use skiff_e2e::dataplane::{
+    BACKEND_PORT, CLIENT_IP, NODE_CLIENT_SIDE, NODE_REMOTE_SIDE, REMOTE_BACKEND_IP, Topology,
+    backend_ip,
+};
 use skiff_e2e::{privileged, unique_tag, wait};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +84,14 @@ fn svc(name: &str, vip: [u8; 4], endpoints: &[usize]) -> Svc {
     }
 }
 
+/// Endpoint index of the backend on node2 (server `r0`), reached through the node's link to
+/// node2; every other index is a backend in the backend namespace.
+const REMOTE: usize = 99;
+
+fn endpoint_ip(i: usize) -> Ipv4Addr {
+    if i == REMOTE { REMOTE_BACKEND_IP } else { backend_ip(i) }
+}
+
 fn objects(services: &[Svc]) -> Vec<Value> {
     let mut out = Vec::new();
     for s in services {
@@ -114,8 +125,12 @@ fn objects(services: &[Svc]) -> Vec<Value> {
                         json!({"ready": false, "serving": true, "terminating": true})
                     }
                 };
-                let node = if s.local.contains(i) { "node" } else { "other-node" };
-                json!({"addresses": [backend_ip(*i).to_string()], "conditions": conditions, "nodeName": node})
+                let node = match i {
+                    &REMOTE => "node2",
+                    i if s.local.contains(i) => "node",
+                    _ => "other-node",
+                };
+                json!({"addresses": [endpoint_ip(*i).to_string()], "conditions": conditions, "nodeName": node})
             })
             .collect();
         out.push(json!({
@@ -145,8 +160,9 @@ fn desired(services: &[Svc]) -> Result<DesiredState> {
 
 struct Harness {
     mode: Mode,
-    /// eBPF mode: the tc NodePort programs on the node's interfaces.
-    nodeport: Option<TcNodePort>,
+    /// eBPF mode: the tc NodePort programs on the node's interfaces (towards the client, towards
+    /// node2).
+    nodeport: Vec<TcNodePort>,
     // Drop order: the proxier (its Drop below cleans up), then the topology.
     backend: Option<Backend>,
     topo: Topology,
@@ -166,7 +182,7 @@ impl Harness {
         let bpffs = std::env::temp_dir().join(format!("skiff-test-{tag}-bpf"));
         skiff_agent::kernel::bpf_lb::ensure_bpffs(&bpffs)?;
         let pin_root = bpffs.join("skiff");
-        let mut h = Harness { mode, nodeport: None, backend: None, topo, pin_root, sizes };
+        let mut h = Harness { mode, nodeport: Vec::new(), backend: None, topo, pin_root, sizes };
         h.start()?;
         Ok(h)
     }
@@ -188,14 +204,18 @@ impl Harness {
             }
         });
         // After the socket LB: its maps (sized from the flags) are the ones the tc programs adopt.
-        if self.mode == Mode::Ebpf && self.nodeport.is_none() {
-            let (pin_root, ext, sizes) =
-                (self.pin_root.clone(), self.topo.node_client_dev(), self.sizes);
-            self.nodeport = Some(
-                self.topo
+        if self.mode == Mode::Ebpf && self.nodeport.is_empty() {
+            for (dev, ip) in [
+                (self.topo.node_client_dev(), NODE_CLIENT_SIDE),
+                (self.topo.node_remote_dev(), NODE_REMOTE_SIDE),
+            ] {
+                let (pin_root, sizes) = (self.pin_root.clone(), self.sizes);
+                let np = self
+                    .topo
                     .node
-                    .run(move || TcNodePort::attach(&pin_root, sizes, NODE_CLIENT_SIDE, &ext))??,
-            );
+                    .run(move || TcNodePort::attach(&pin_root, sizes, ip, &dev))??;
+                self.nodeport.push(np);
+            }
         }
         Ok(())
     }
@@ -203,7 +223,7 @@ impl Harness {
     /// Drops the proxier without cleaning up, as an agent that exits, and starts a new one.
     fn restart(&mut self) -> Result<()> {
         self.backend = None;
-        self.nodeport = None;
+        self.nodeport.clear();
         self.start()
     }
 
@@ -225,7 +245,7 @@ impl Harness {
 
 impl Drop for Harness {
     fn drop(&mut self) {
-        self.nodeport = None;
+        self.nodeport.clear();
         match self.backend.take() {
             Some(Backend::Ebpf(p)) => {
                 let _ = p.cleanup(&self.pin_root);
@@ -354,7 +374,7 @@ fn node_port_from_outside(h: &mut Harness) -> Result<()> {
         words[1] == format!("from={node}:{NODE_PORT}"),
         "UDP replies come from the node: {words:?}"
     );
-    if let Some(np) = &mut h.nodeport {
+    if let Some(np) = h.nodeport.first_mut() {
         let tracked = np.conntrack_entries()?;
         ensure!(tracked >= 2 * 50, "the tc program tracked every flow both ways: {tracked}");
         ensure!(np.gc(Duration::from_hours(1))? == 0, "no flow is an hour old");
@@ -377,6 +397,88 @@ fn external_traffic_policy_local(h: &mut Harness) -> Result<()> {
     ensure!(spread.len() == 2, "both local endpoints used: {spread:?}");
     let all = counts(&h.tcp(VIP, 60)?);
     ensure!(all.len() == 4, "the ClusterIP uses every endpoint: {all:?}");
+    Ok(())
+}
+
+/// `(id, source address the server saw)` per answer of `tcpsrc`/`udpsrc`.
+fn sources(list: &str) -> Result<Vec<(String, std::net::SocketAddr)>> {
+    list.split(',')
+        .map(|e| {
+            let (id, src) = e.split_once('@').context("ID@SRC")?;
+            Ok((id.to_owned(), src.parse()?))
+        })
+        .collect()
+}
+
+/// NodePort with `externalTrafficPolicy: Cluster` to a backend on another node whose route
+/// back to the client does not pass this node: the node SNATs the request to its own address,
+/// so the reply comes back through it and reaches the client from `NODE_IP:nodePort` (TCP and
+/// UDP). A local backend of the same Service keeps working alongside.
+fn node_port_snat_to_a_remote_backend(h: &mut Harness) -> Result<()> {
+    let mut s = svc("web", [10, 96, 0, 10], &[REMOTE]);
+    s.local = vec![0];
+    h.sync(&[s.clone()])?;
+    let node = NODE_CLIENT_SIDE;
+    let words = h.topo.probe().ok(&format!("tcpsrc {node} {NODE_PORT} 10"))?;
+    ensure!(words[1] == format!("peer={node}:{NODE_PORT}"), "reply from the node: {words:?}");
+    for (id, src) in sources(&words[0])? {
+        ensure!(id == "r0", "{words:?}");
+        ensure!(
+            src.ip() == std::net::IpAddr::V4(NODE_REMOTE_SIDE),
+            "SNATed to the node: {words:?}"
+        );
+        if h.mode == Mode::Ebpf {
+            ensure!(src.port() >= 61000, "SNAT port from the tc program's range: {words:?}");
+        }
+    }
+    let words = h.topo.probe().ok(&format!("udpsrc {node} {NODE_PORT} 5"))?;
+    ensure!(words[1] == format!("from={node}:{NODE_PORT}"), "UDP reply from the node: {words:?}");
+    for (id, src) in sources(&words[0])? {
+        ensure!(id == "r0" && src.ip() == std::net::IpAddr::V4(NODE_REMOTE_SIDE), "{words:?}");
+    }
+    // A held stream keeps its SNAT mapping (the same flow both ways, many packets).
+    let words = h.topo.probe().ok(&format!("hold {node} {NODE_PORT}"))?;
+    for _ in 0..3 {
+        let echo = h.topo.probe().ok(&format!("ping {}", words[0]))?;
+        ensure!(echo == ["r0", "ping"], "{echo:?}");
+    }
+    // A local and a remote backend together: both reachable, the remote one SNATed.
+    s.endpoints = vec![(0, Cond::Ready), (REMOTE, Cond::Ready)];
+    h.sync(&[s])?;
+    let words = h.topo.probe().ok(&format!("tcpsrc {node} {NODE_PORT} 40"))?;
+    let seen = sources(&words[0])?;
+    let ids: BTreeMap<&str, usize> = seen.iter().fold(BTreeMap::new(), |mut m, (id, _)| {
+        *m.entry(id.as_str()).or_insert(0) += 1;
+        m
+    });
+    ensure!(ids.len() == 2, "both backends used: {ids:?}");
+    for (id, src) in &seen {
+        if id == "r0" {
+            ensure!(src.ip() == std::net::IpAddr::V4(NODE_REMOTE_SIDE), "{words:?}");
+        }
+    }
+    Ok(())
+}
+
+/// `externalTrafficPolicy: Local` never gets source NAT: NodePort traffic reaches only the local
+/// endpoint (not the remote one) and the backend sees the client's own address (TCP and UDP).
+fn external_traffic_policy_local_keeps_the_client_source(h: &mut Harness) -> Result<()> {
+    let mut s = svc("web", [10, 96, 0, 10], &[1, REMOTE]);
+    s.external_local = true;
+    s.local = vec![1];
+    h.sync(&[s])?;
+    let node = NODE_CLIENT_SIDE;
+    let words = h.topo.probe().ok(&format!("tcpsrc {node} {NODE_PORT} 20"))?;
+    ensure!(words[1] == format!("peer={node}:{NODE_PORT}"), "{words:?}");
+    for (id, src) in sources(&words[0])? {
+        ensure!(id == "b1", "only the local endpoint: {words:?}");
+        ensure!(src.ip() == std::net::IpAddr::V4(CLIENT_IP), "client source kept: {words:?}");
+    }
+    let words = h.topo.probe().ok(&format!("udpsrc {node} {NODE_PORT} 5"))?;
+    ensure!(words[1] == format!("from={node}:{NODE_PORT}"), "{words:?}");
+    for (id, src) in sources(&words[0])? {
+        ensure!(id == "b1" && src.ip() == std::net::IpAddr::V4(CLIENT_IP), "{words:?}");
+    }
     Ok(())
 }
 
@@ -488,6 +590,7 @@ fn cleanup_after_panic(mode: Mode) {
         paths.push(h.topo.client.path().to_owned());
         paths.push(h.topo.node.path().to_owned());
         paths.push(h.topo.backend.path().to_owned());
+        paths.push(h.topo.node2.path().to_owned());
         paths.extend(h.pin_root.parent().map(std::path::Path::to_owned));
         panic!("deliberate failure with the data plane programmed");
     }));
@@ -577,7 +680,9 @@ conformance!(
     udp_works_both_ways,
     external_ip_is_balanced_like_the_cluster_ip,
     node_port_from_outside,
+    node_port_snat_to_a_remote_backend,
     external_traffic_policy_local,
+    external_traffic_policy_local_keeps_the_client_source,
     removed_endpoint_gets_no_new_connections,
     service_without_endpoints_refuses,
     terminating_endpoint_keeps_existing_connections,

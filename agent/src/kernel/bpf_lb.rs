@@ -22,7 +22,7 @@ use super::bpf::BpfError;
 pub static SOCK_LB_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock_lb.o"));
 
 /// `SKIFF_LB_LAYOUT` in `lb.h`: the version directory the maps are pinned in.
-pub const LB_LAYOUT: u32 = 1;
+pub const LB_LAYOUT: u32 = 2;
 
 const OBJECT: &str = "sock_lb.o";
 /// Programs of `sock_lb.c`, by C function name.
@@ -39,6 +39,8 @@ pub const MAGLEV_M: usize = 1021;
 pub type MaglevRow = [u32; MAGLEV_M];
 pub const BACKEND_ACTIVE: u8 = 0;
 pub const BACKEND_TERMINATING: u8 = 1;
+/// `LB4_BACKEND_F_REMOTE`: the backend is not on this node (`NodePort` flows to it get source NAT).
+pub const BACKEND_F_REMOTE: u8 = 1;
 
 /// Mirror of `struct lb4_svc_key`. Address and port in network byte order.
 #[repr(C)]
@@ -85,12 +87,22 @@ pub struct BackendVal {
     pub port: u16,
     pub proto: u8,
     pub state: u8,
+    /// `BACKEND_F_*` bits.
+    pub flags: u8,
+    pub pad: [u8; 3],
 }
-const _: () = assert!(size_of::<BackendVal>() == 8, "must match struct lb4_backend");
+const _: () = assert!(size_of::<BackendVal>() == 12, "must match struct lb4_backend");
 
 impl BackendVal {
-    pub fn new(ip: Ipv4Addr, port: u16, proto: u8, state: u8) -> Self {
-        BackendVal { ip: u32::from(ip).to_be(), port: port.to_be(), proto, state }
+    pub fn new(ip: Ipv4Addr, port: u16, proto: u8, state: u8, flags: u8) -> Self {
+        BackendVal {
+            ip: u32::from(ip).to_be(),
+            port: port.to_be(),
+            proto,
+            state,
+            flags,
+            pad: [0; 3],
+        }
     }
     pub fn addr(&self) -> Ipv4Addr {
         Ipv4Addr::from(u32::from_be(self.ip))
@@ -571,6 +583,29 @@ pub fn unmount_bpffs(dir: &Path) -> Result<(), LbError> {
     })
 }
 
+/// Removes the pins of other map layouts under `pin_root` (`v<N>`, N != [`LB_LAYOUT`]): an
+/// upgraded agent calls it once its own programs are attached, so the old programs (whose link
+/// pins live there) detach and their maps go. Returns the directories removed.
+pub fn remove_other_layouts(pin_root: &Path) -> Result<Vec<PathBuf>, LbError> {
+    let mut removed = Vec::new();
+    let Ok(entries) = fs::read_dir(pin_root) else { return Ok(removed) };
+    let current = format!("v{LB_LAYOUT}");
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_layout = name.strip_prefix('v').is_some_and(|n| n.parse::<u32>().is_ok());
+        if is_layout && name != current {
+            let path = entry.path();
+            fs::remove_dir_all(&path).map_err(|source| LbError::Io {
+                op: "remove old layout pins",
+                path: path.clone(),
+                source,
+            })?;
+            removed.push(path);
+        }
+    }
+    Ok(removed)
+}
+
 /// Removes a whole pin root (all layout versions), e.g. when a test or `skiff-agent proxy
 /// cleanup` ends. Links pinned there are detached.
 pub fn remove_pins(pin_root: &Path) -> Result<(), LbError> {
@@ -605,11 +640,14 @@ impl std::fmt::Debug for TcNodePort {
 }
 
 impl TcNodePort {
-    /// Loads the programs for a node whose NodePort address is `node_ip`, with maps pinned
-    /// under `<pin_root>/v<LB_LAYOUT>`, and attaches `nodeport_in` to the ingress and
-    /// `nodeport_reply` to the egress of `external_if` (reverse NAT on the way out: a packet
-    /// with the node's own source address would be dropped as martian if rewritten on ingress).
-    /// Interface names are resolved in the calling thread's network namespace.
+    /// Loads the programs for the node interface `external_if` whose address is `node_ip`,
+    /// with maps pinned under `<pin_root>/v<LB_LAYOUT>`, and attaches `nodeport_in` to its
+    /// ingress and `nodeport_out` to its egress (reverse NAT and SNAT on the way out: a packet
+    /// with the node's own source address would be dropped as martian if rewritten on
+    /// ingress). `node_ip` is both a NodePort address and the SNAT address of flows that leave
+    /// by this interface for a backend on another node. Attach to every node interface that
+    /// carries NodePort clients or leads to other nodes (one value per interface; all share the
+    /// maps). Interface names are resolved in the calling thread's network namespace.
     pub fn attach(
         pin_root: &Path,
         sizes: LbMapSizes,
@@ -641,7 +679,7 @@ impl TcNodePort {
         })?;
         let mut links = Vec::new();
         for (name, direction) in
-            [("nodeport_in", TcAttachType::Ingress), ("nodeport_reply", TcAttachType::Egress)]
+            [("nodeport_in", TcAttachType::Ingress), ("nodeport_out", TcAttachType::Egress)]
         {
             let program: &mut SchedClassifier = ebpf
                 .program_mut(name)

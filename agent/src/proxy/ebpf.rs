@@ -13,14 +13,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::kernel::bpf_lb::{
-    self, BACKEND_ACTIVE, BACKEND_TERMINATING, BackendVal, IPPROTO_TCP, IPPROTO_UDP, LB_STATS,
-    LbError, LbMapSizes, MAGLEV_M, MaglevRow, RevNat, SVC_FLAG_AFFINITY, SVC_FLAG_MAGLEV, SockLb,
-    SvcKey, SvcVal,
+    self, BACKEND_ACTIVE, BACKEND_F_REMOTE, BACKEND_TERMINATING, BackendVal, IPPROTO_TCP,
+    IPPROTO_UDP, LB_STATS, LbError, LbMapSizes, MAGLEV_M, MaglevRow, RevNat, SVC_FLAG_AFFINITY,
+    SVC_FLAG_MAGLEV, SockLb, SvcKey, SvcVal,
 };
 
 use super::{
-    DesiredState, Protocol, Proxier, ProxyError, ServicePort, ServicePortKey, ServicePortName,
-    SyncReport,
+    DesiredState, Endpoint, Protocol, Proxier, ProxyError, ServicePort, ServicePortKey,
+    ServicePortName, SyncReport,
 };
 
 fn proto_num(p: Protocol) -> u8 {
@@ -86,8 +86,10 @@ impl Ids {
 pub fn contribution(sp: &ServicePort, ids: &mut Ids) -> LbState {
     let mut state = LbState::default();
     let proto = proto_num(sp.protocol);
-    let mut backend_id = |ip: Ipv4Addr, port: u16, state_flag: u8, st: &mut LbState| -> u32 {
-        let val = BackendVal::new(ip, port, proto, state_flag);
+    let mut backend_id = |e: &Endpoint, state_flag: u8, st: &mut LbState| -> u32 {
+        // Not known to run on this node: NodePort flows to it are SNATed (tc_nodeport.c).
+        let flags = if e.local { 0 } else { BACKEND_F_REMOTE };
+        let val = BackendVal::new(e.ip, e.port, proto, state_flag, flags);
         let next = &mut ids.next_backend;
         let id = *ids.backend.entry((val.ip, val.port, proto)).or_insert_with(|| {
             *next += 1;
@@ -101,7 +103,7 @@ pub fn contribution(sp: &ServicePort, ids: &mut Ids) -> LbState {
     };
     let usable = sp.usable_endpoints();
     let slots: Vec<u32> =
-        usable.iter().map(|e| backend_id(e.ip, e.port, BACKEND_ACTIVE, &mut state)).collect();
+        usable.iter().map(|e| backend_id(e, BACKEND_ACTIVE, &mut state)).collect();
     // externalTrafficPolicy: Local: traffic from outside (the tc NodePort path) goes only to
     // endpoints on this node, so the client address is kept (no SNAT). Local sockets (socket
     // LB, ClusterIP and external IPs) still use every endpoint, as kube-proxy does for LOCAL
@@ -112,7 +114,7 @@ pub fn contribution(sp: &ServicePort, ids: &mut Ids) -> LbState {
         slots.clone()
     };
     for e in sp.draining_endpoints() {
-        backend_id(e.ip, e.port, BACKEND_TERMINATING, &mut state);
+        backend_id(e, BACKEND_TERMINATING, &mut state);
     }
     let (flags, affinity_s) = match sp.affinity_timeout_s {
         Some(t) => (SVC_FLAG_AFFINITY, t),
@@ -389,6 +391,10 @@ impl EbpfProxier {
         }
         let ids = Ids::from_state(&current);
         lb.attach(&config.cgroup)?;
+        // Ours are attached: programs and maps of an older layout (an upgraded agent) go.
+        for old in bpf_lb::remove_other_layouts(&config.pin_root)? {
+            tracing::info!(path = %old.display(), "removed pins of an older map layout");
+        }
         let events = lb.take_events();
         Ok(EbpfProxier {
             lb,
