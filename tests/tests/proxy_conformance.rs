@@ -18,7 +18,7 @@ use skiff_agent::proxy::iptables::{IptablesConfig, IptablesProxier};
 use skiff_agent::proxy::maglev;
 use skiff_agent::proxy::source::{Object, parse_objects};
 use skiff_agent::proxy::tracker::ServiceTracker;
-use skiff_agent::proxy::{DesiredState, Proxier, SyncReport};
+use skiff_agent::proxy::{Proxier, SyncReport};
 use skiff_e2e::dataplane::{
     BACKEND_PORT, CLIENT_IP, NODE_CLIENT_SIDE, NODE_REMOTE_SIDE, REMOTE_BACKEND_IP, Topology,
     backend_ip,
@@ -144,18 +144,11 @@ fn objects(services: &[Svc]) -> Vec<Value> {
     out
 }
 
-fn desired(services: &[Svc]) -> Result<DesiredState> {
+fn parsed(services: &[Svc]) -> Result<Vec<Object>> {
     let text = serde_json::to_string(
         &json!({"apiVersion": "v1", "kind": "List", "items": objects(services)}),
     )?;
-    let mut tracker = ServiceTracker::new("node");
-    for obj in parse_objects(&text)? {
-        match obj {
-            Object::Service(s) => tracker.upsert_service(*s),
-            Object::EndpointSlice(s) => tracker.upsert_slice(*s),
-        }
-    }
-    Ok(tracker.desired())
+    Ok(parse_objects(&text)?)
 }
 
 struct Harness {
@@ -168,6 +161,8 @@ struct Harness {
     topo: Topology,
     pin_root: PathBuf,
     sizes: LbMapSizes,
+    /// Kept across syncs, as in the agent: each sync hands the proxier only what changed.
+    tracker: ServiceTracker,
 }
 
 impl Harness {
@@ -182,7 +177,15 @@ impl Harness {
         let bpffs = std::env::temp_dir().join(format!("skiff-test-{tag}-bpf"));
         skiff_agent::kernel::bpf_lb::ensure_bpffs(&bpffs)?;
         let pin_root = bpffs.join("skiff");
-        let mut h = Harness { mode, nodeport: Vec::new(), backend: None, topo, pin_root, sizes };
+        let mut h = Harness {
+            mode,
+            nodeport: Vec::new(),
+            backend: None,
+            topo,
+            pin_root,
+            sizes,
+            tracker: ServiceTracker::new("node"),
+        };
         h.start()?;
         Ok(h)
     }
@@ -228,8 +231,11 @@ impl Harness {
     }
 
     fn sync(&mut self, services: &[Svc]) -> Result<SyncReport> {
-        let d = desired(services)?;
-        Ok(self.backend.as_mut().context("started")?.proxier().sync(&d)?)
+        self.tracker.replace_all(parsed(services)?);
+        let changed = self.tracker.update();
+        ensure!(self.tracker.state() == &self.tracker.desired(), "incremental tracker state");
+        let proxier = self.backend.as_mut().context("started")?.proxier();
+        Ok(proxier.sync_changed(self.tracker.state(), &changed)?)
     }
 
     fn metrics(&mut self) -> String {

@@ -357,6 +357,8 @@ pub struct EbpfProxier {
     /// these and touches only what changed (O(changed), not O(all Services)).
     last: BTreeMap<ServicePortKey, ServicePort>,
     by_service: BTreeMap<ServicePortKey, LbState>,
+    /// Service ports that failed in the last sync: compared again by the next one.
+    retry: BTreeSet<ServicePortKey>,
     /// Which Service ports use each backend id, and how (active or terminating).
     refs: BTreeMap<u32, BTreeMap<ServicePortKey, u8>>,
     counters: Counters,
@@ -402,6 +404,7 @@ impl EbpfProxier {
             ids,
             last: BTreeMap::new(),
             by_service: BTreeMap::new(),
+            retry: BTreeSet::new(),
             refs: BTreeMap::new(),
             counters: Counters::default(),
             events,
@@ -492,12 +495,9 @@ impl EbpfProxier {
         (self.current.clone(), want, owners)
     }
 
-    /// Only the Service ports that differ from the last sync, and the backends they touch.
-    fn incremental_diff(
-        &mut self,
-        desired: &DesiredState,
-    ) -> (LbState, LbState, BTreeMap<SvcKey, ServicePortName>) {
-        // Both maps are sorted by key: one merge pass finds added, changed and removed ports.
+    /// Service ports of `desired` that differ from the last sync, in one merge pass over both
+    /// (sorted) maps: O(all Service ports).
+    fn changed_ports(&self, desired: &DesiredState) -> Vec<ServicePortKey> {
         let mut changed: Vec<ServicePortKey> = Vec::new();
         let (mut a, mut b) = (desired.iter().peekable(), self.last.iter().peekable());
         loop {
@@ -530,6 +530,16 @@ impl EbpfProxier {
                 (None, None) => break,
             }
         }
+        changed
+    }
+
+    /// Only the Service ports in `changed` (those that differ from the last sync), and the
+    /// backends they touch: O(changed).
+    fn incremental_diff(
+        &mut self,
+        desired: &DesiredState,
+        changed: Vec<ServicePortKey>,
+    ) -> (LbState, LbState, BTreeMap<SvcKey, ServicePortName>) {
         let mut sub_current = LbState::default();
         let mut sub_want = LbState::default();
         let mut owners = BTreeMap::new();
@@ -586,6 +596,50 @@ impl EbpfProxier {
             }
         }
         (sub_current, sub_want, owners)
+    }
+
+    /// One sync: everything against the maps (`changed` = `None`: the first sync, also after
+    /// adopting pinned maps) or only the Service ports in `changed`.
+    fn sync_ports(
+        &mut self,
+        desired: &DesiredState,
+        changed: Option<Vec<ServicePortKey>>,
+    ) -> SyncReport {
+        let started = Instant::now();
+        let full = changed.is_none();
+        let (sub_current, sub_want, owners) = match changed {
+            None => self.full_diff(desired),
+            Some(changed) => self.incremental_diff(desired, changed),
+        };
+        let report = self.apply_plan(&sub_current, &sub_want, &owners);
+        // Service ports whose frontends failed are retried from scratch next time.
+        self.retry.clear();
+        for (name, _) in &report.failed {
+            let retry = &mut self.retry;
+            self.last.retain(|k, _| {
+                let keep = &k.0 != name;
+                if !keep {
+                    retry.insert(k.clone());
+                }
+                keep
+            });
+        }
+        if full {
+            // First sync: ids of everything no longer in the maps go (failed ports keep theirs).
+            let current = &self.current;
+            let failed: BTreeSet<&ServicePortName> = report.failed.iter().map(|(n, _)| n).collect();
+            self.ids.svc.retain(|k, _| {
+                current.frontends.contains_key(k)
+                    || owners.get(k).is_some_and(|o| failed.contains(o))
+            });
+            self.ids
+                .backend
+                .retain(|_, id| current.backends.contains_key(id) || self.refs.contains_key(id));
+        }
+        self.counters.syncs += 1;
+        self.counters.last_sync_seconds = started.elapsed().as_secs_f64();
+        self.poll_events();
+        report
     }
 
     fn note_refs(&mut self, key: &ServicePortKey, part: &LbState) {
@@ -695,31 +749,32 @@ impl Proxier for EbpfProxier {
     }
 
     fn sync(&mut self, desired: &DesiredState) -> Result<SyncReport, ProxyError> {
-        let started = Instant::now();
-        let full = self.last.is_empty();
-        let (sub_current, sub_want, owners) =
-            if full { self.full_diff(desired) } else { self.incremental_diff(desired) };
-        let report = self.apply_plan(&sub_current, &sub_want, &owners);
-        // Service ports whose frontends failed are retried from scratch next time.
-        for (name, _) in &report.failed {
-            self.last.retain(|k, _| &k.0 != name);
-        }
-        if full {
-            // First sync: ids of everything no longer in the maps go (failed ports keep theirs).
-            let current = &self.current;
-            let failed: BTreeSet<&ServicePortName> = report.failed.iter().map(|(n, _)| n).collect();
-            self.ids.svc.retain(|k, _| {
-                current.frontends.contains_key(k)
-                    || owners.get(k).is_some_and(|o| failed.contains(o))
-            });
-            self.ids
-                .backend
-                .retain(|_, id| current.backends.contains_key(id) || self.refs.contains_key(id));
-        }
-        self.counters.syncs += 1;
-        self.counters.last_sync_seconds = started.elapsed().as_secs_f64();
-        self.poll_events();
-        Ok(report)
+        let changed = if self.last.is_empty() { None } else { Some(self.changed_ports(desired)) };
+        Ok(self.sync_ports(desired, changed))
+    }
+
+    fn sync_changed(
+        &mut self,
+        desired: &DesiredState,
+        changed: &BTreeSet<ServicePortKey>,
+    ) -> Result<SyncReport, ProxyError> {
+        let changed = if self.last.is_empty() {
+            None
+        } else {
+            // Only the named ports (and those that failed last time) can differ; skip those
+            // whose desired value did not change.
+            Some(
+                changed
+                    .iter()
+                    .chain(&self.retry)
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .filter(|k| desired.get(*k) != self.last.get(*k))
+                    .cloned()
+                    .collect(),
+            )
+        };
+        Ok(self.sync_ports(desired, changed))
     }
 
     fn metrics(&self) -> String {

@@ -18,6 +18,9 @@ use crate::kernel::iptables::{Iptables, IptablesBackend};
 
 use super::ebpf::{EbpfConfig, EbpfProxier};
 use super::iptables::{IptablesConfig, IptablesProxier};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use super::tracker::ServiceTracker;
 use super::{DesiredState, Proxier, ProxyError, source};
 
 /// Which data plane to program.
@@ -144,47 +147,59 @@ fn cpu_seconds() -> f64 {
     total
 }
 
-/// The desired state with one endpoint of the first Service port with endpoints flipped
-/// between ready and absent (`step` odd: removed).
-fn churned(base: &DesiredState, step: usize) -> DesiredState {
-    let mut d = base.clone();
-    if step % 2 == 1
-        && let Some(sp) = d.values_mut().find(|s| s.endpoints.len() > 1)
-    {
-        sp.endpoints.pop();
+/// The EndpointSlice the churn toggles: the first (by namespace and name) with more than one
+/// endpoint, and a copy of it without its last endpoint.
+fn churn_slices(tracker: &ServiceTracker) -> Option<(EndpointSlice, EndpointSlice)> {
+    let full = tracker.slices().find(|s| s.endpoints.len() > 1)?.clone();
+    let mut less = full.clone();
+    less.endpoints.pop();
+    Some((full, less))
+}
+
+/// `--churn`: each step changes one EndpointSlice (one endpoint removed, then back) and times
+/// the whole path an API event takes: tracker update, then the proxier's sync of what changed.
+fn churn(
+    tracker: &mut ServiceTracker,
+    proxier: &mut dyn Proxier,
+    cfg: &StandaloneConfig,
+) -> Result<Vec<f64>, ProxyError> {
+    let mut seconds = Vec::new();
+    let Some((full, less)) = churn_slices(tracker) else { return Ok(seconds) };
+    for step in 1..=cfg.churn {
+        let next = Instant::now() + cfg.churn_interval;
+        let slice = if step % 2 == 1 { less.clone() } else { full.clone() };
+        let t = Instant::now();
+        tracker.upsert_slice(slice);
+        let ports = tracker.update();
+        proxier.sync_changed(tracker.state(), &ports)?;
+        seconds.push(t.elapsed().as_secs_f64());
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }
-    d
+    Ok(seconds)
 }
 
 /// Runs the proxy as configured. With `once`, returns after the first sync (and the churn).
 pub fn run(cfg: &StandaloneConfig) -> Result<Option<RunReport>, ProxyError> {
-    let tracker = source::load(&cfg.source, &cfg.node)?;
-    let desired = tracker.desired();
+    let mut tracker = source::load(&cfg.source, &cfg.node)?;
+    tracker.update();
     let mut proxier = start(cfg)?;
     let t0 = Instant::now();
-    let first = proxier.get().sync(&desired)?;
+    let first = proxier.get().sync(tracker.state())?;
     let full = t0.elapsed().as_secs_f64();
+    let service_ports = tracker.state().len();
     tracing::info!(
         mode = proxier.get().mode(),
-        service_ports = desired.len(),
+        service_ports,
         seconds = full,
         failed = first.failed.len(),
         "synced"
     );
     if cfg.once {
-        let mut changes = Vec::new();
         let (cpu0, w0) = (cpu_seconds(), Instant::now());
-        for step in 1..=cfg.churn {
-            let next = Instant::now() + cfg.churn_interval;
-            let d = churned(&desired, step);
-            let t = Instant::now();
-            proxier.get().sync(&d)?;
-            changes.push(t.elapsed().as_secs_f64());
-            std::thread::sleep(next.saturating_duration_since(Instant::now()));
-        }
+        let changes = churn(&mut tracker, proxier.get(), cfg)?;
         let report = RunReport {
             mode: proxier.get().mode(),
-            service_ports: desired.len(),
+            service_ports,
             full_sync_seconds: full,
             change_sync_seconds: changes,
             churn_cpu_seconds: cpu_seconds() - cpu0,
@@ -207,7 +222,7 @@ pub fn run(cfg: &StandaloneConfig) -> Result<Option<RunReport>, ProxyError> {
         _ => None,
     };
     let mut health_checks = HealthCheckServer::new(None);
-    health_checks.update(&desired);
+    health_checks.update(tracker.state());
     let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let mut seen = mtime(&cfg.source);
     let mut last_gc = Instant::now();
@@ -216,11 +231,13 @@ pub fn run(cfg: &StandaloneConfig) -> Result<Option<RunReport>, ProxyError> {
         let now = mtime(&cfg.source);
         if now != seen {
             seen = now;
-            match source::load(&cfg.source, &cfg.node) {
-                Ok(t) => {
-                    let desired = t.desired();
-                    let report = proxier.get().sync(&desired)?;
-                    health_checks.update(&desired);
+            match source::read(&cfg.source) {
+                Ok(objects) => {
+                    // Only the objects that differ from what the tracker holds are re-derived.
+                    tracker.replace_all(objects);
+                    let ports = tracker.update();
+                    let report = proxier.get().sync_changed(tracker.state(), &ports)?;
+                    health_checks.update(tracker.state());
                     tracing::info!(
                         changed = report.changed,
                         removed = report.removed,
