@@ -51,8 +51,9 @@ pub struct StandaloneConfig {
     pub churn_interval: Duration,
     pub healthz: Option<SocketAddr>,
     pub gc_interval: Duration,
-    /// eBPF mode: attach the tc NodePort programs to this interface, for this node address.
-    pub nodeport: Option<(String, std::net::Ipv4Addr)>,
+    /// eBPF mode: node interfaces to attach the tc NodePort programs to, each with its address
+    /// (a NodePort address, and the SNAT source of flows that leave by it for another node).
+    pub nodeport: Vec<(String, std::net::Ipv4Addr)>,
     /// NodePort conntrack entries idle this long are removed by the GC.
     pub conntrack_idle: Duration,
 }
@@ -215,12 +216,12 @@ pub fn run(cfg: &StandaloneConfig) -> Result<Option<RunReport>, ProxyError> {
         serve_health(listener, Arc::clone(&state));
     }
     // The tc programs share the socket LB's pinned maps; their links live as long as this loop.
-    let mut nodeport = match (&cfg.nodeport, cfg.mode) {
-        (Some((iface, ip)), Mode::Ebpf) => {
-            Some(bpf_lb::TcNodePort::attach(&cfg.pin_root, cfg.map_sizes, *ip, iface)?)
+    let mut nodeport = Vec::new();
+    if cfg.mode == Mode::Ebpf {
+        for (iface, ip) in &cfg.nodeport {
+            nodeport.push(bpf_lb::TcNodePort::attach(&cfg.pin_root, cfg.map_sizes, *ip, iface)?);
         }
-        _ => None,
-    };
+    }
     let mut health_checks = HealthCheckServer::new(None);
     health_checks.update(tracker.state());
     let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
@@ -261,7 +262,8 @@ pub fn run(cfg: &StandaloneConfig) -> Result<Option<RunReport>, ProxyError> {
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "gc failed"),
                 }
-                if let Some(np) = nodeport.as_mut() {
+                // Every attachment shares one conntrack map: one GC pass covers all.
+                if let Some(np) = nodeport.first_mut() {
                     match np.gc(cfg.conntrack_idle) {
                         Ok(n) if n > 0 => {
                             tracing::info!(removed = n, "garbage-collected idle NodePort flows");
