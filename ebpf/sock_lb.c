@@ -42,25 +42,9 @@ struct {
 } affinity4 SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, LB_STAT_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} lb_stats SEC(".maps");
-
-struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 64 * 1024);
 } lb_events SEC(".maps");
-
-static __always_inline void stat_inc(__u32 which)
-{
-	__u64 *c = bpf_map_lookup_elem(&lb_stats, &which);
-
-	if (c)
-		*c += 1; /* per-CPU value: no other CPU writes it */
-}
 
 static __always_inline void emit(__u32 kind, const struct lb4_svc_key *key, __u32 svc_id, __s32 err)
 {

@@ -244,6 +244,7 @@ static __always_inline int nodeport_forward(struct __sk_buff *skb)
 			bpf_map_update_elem(&ct4, &snk, &snv, BPF_ANY);
 		}
 		bpf_map_update_elem(&ct4, &key, &val, BPF_ANY);
+		stat_inc(LB_STAT_NODEPORT_NEW);
 	}
 	if (rewrite(skb, &f, IP_DST_OFF, f.daddr, val.addr, offsetof(struct tcphdr, dest), f.dport, val.port))
 		return SKIFF_TCX_DROP;
@@ -298,8 +299,11 @@ static __always_inline int nodeport_reverse(struct __sk_buff *skb)
 		/* First packet out (or the route moved to another interface): choose a port here. */
 		__be16 port = snat_port(&f, now);
 
-		if (!port)
+		if (!port) {
+			stat_inc(LB_STAT_SNAT_FAIL);
 			return SKIFF_TCX_DROP; /* every tried port is taken */
+		}
+		stat_inc(LB_STAT_SNAT);
 		ct->addr = NODE_IP;
 		ct->port = port;
 	}

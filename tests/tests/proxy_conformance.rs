@@ -442,11 +442,18 @@ fn node_port_snat_to_a_remote_backend(h: &mut Harness) -> Result<()> {
     for (id, src) in sources(&words[0])? {
         ensure!(id == "r0" && src.ip() == std::net::IpAddr::V4(NODE_REMOTE_SIDE), "{words:?}");
     }
-    // A held stream keeps its SNAT mapping (the same flow both ways, many packets).
+    // A held stream keeps its SNAT mapping (the same flow both ways, many packets), also
+    // across an agent restart (the conntrack entries are pinned).
     let words = h.topo.probe().ok(&format!("hold {node} {NODE_PORT}"))?;
-    for _ in 0..3 {
-        let echo = h.topo.probe().ok(&format!("ping {}", words[0]))?;
-        ensure!(echo == ["r0", "ping"], "{echo:?}");
+    for round in 0..2 {
+        for _ in 0..3 {
+            let echo = h.topo.probe().ok(&format!("ping {}", words[0]))?;
+            ensure!(echo == ["r0", "ping"], "round {round}: {echo:?}");
+        }
+        if round == 0 {
+            h.restart()?;
+            h.sync(&[s.clone()])?;
+        }
     }
     // A local and a remote backend together: both reachable, the remote one SNATed.
     s.endpoints = vec![(0, Cond::Ready), (REMOTE, Cond::Ready)];
@@ -462,6 +469,20 @@ fn node_port_snat_to_a_remote_backend(h: &mut Harness) -> Result<()> {
         if id == "r0" {
             ensure!(src.ip() == std::net::IpAddr::V4(NODE_REMOTE_SIDE), "{words:?}");
         }
+    }
+    if h.mode == Mode::Ebpf {
+        // One SNAT port per flow to r0 (TCP and UDP), none refused, and it shows on /metrics.
+        let remote_flows = 10 + 5 + 1 + seen.iter().filter(|(id, _)| id == "r0").count();
+        let m = h.metrics();
+        let counter = |name: &str| -> Option<usize> {
+            m.lines()
+                .find_map(|l| {
+                    l.strip_prefix(&format!("skiff_lb_program_total{{counter=\"{name}\"}} "))
+                })
+                .and_then(|v| v.parse().ok())
+        };
+        ensure!(counter("nodeport_snat") == Some(remote_flows), "{remote_flows} SNAT flows: {m}");
+        ensure!(counter("nodeport_snat_no_port") == Some(0), "{m}");
     }
     Ok(())
 }

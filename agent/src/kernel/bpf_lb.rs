@@ -225,7 +225,7 @@ unsafe impl Pod for AffKey {}
 unsafe impl Pod for AffVal {}
 
 /// Counters of `enum lb_stat`, in index order.
-pub const LB_STATS: [&str; 7] = [
+pub const LB_STATS: [&str; 10] = [
     "connect_translated",
     "sendmsg_translated",
     "refused_no_endpoints",
@@ -233,6 +233,9 @@ pub const LB_STATS: [&str; 7] = [
     "backend_missing",
     "affinity_hits",
     "sock_revnat_update_failed",
+    "nodeport_new_flows",
+    "nodeport_snat",
+    "nodeport_snat_no_port",
 ];
 
 /// Map sizes (`max_entries`), from the agent's flags. Pinned maps keep the size they were
@@ -506,8 +509,8 @@ impl SockLb {
     }
 
     /// Per-CPU counters summed, in [`LB_STATS`] order.
-    pub fn stats(&self) -> Result<[u64; 7], LbError> {
-        let mut out = [0u64; 7];
+    pub fn stats(&self) -> Result<[u64; LB_STATS.len()], LbError> {
+        let mut out = [0u64; LB_STATS.len()];
         for (i, slot) in out.iter_mut().enumerate() {
             let index = u32::try_from(i).unwrap_or(u32::MAX);
             let per_cpu = self.stats.get(&index, 0).map_err(map_err("lb_stats"))?;

@@ -107,7 +107,10 @@ enum lb_stat {
 	LB_STAT_BACKEND_MISSING = 4,
 	LB_STAT_AFFINITY_HIT = 5,
 	LB_STAT_SKREV_FAIL = 6,
-	LB_STAT_MAX = 7,
+	LB_STAT_NODEPORT_NEW = 7, /* tc: new NodePort flows */
+	LB_STAT_SNAT = 8, /* tc: SNAT ports chosen (flows to backends on other nodes) */
+	LB_STAT_SNAT_FAIL = 9, /* tc: no free SNAT port found: packet dropped */
+	LB_STAT_MAX = 10,
 };
 
 enum lb_event_kind {
