@@ -1010,4 +1010,32 @@ mod tests {
         apply_all(&mut kernel, &groups, &want3);
         assert!(kernel.backends.is_empty());
     }
+
+    /// Backends not on this node carry the REMOTE flag (the tc program SNATs NodePort flows to
+    /// them); an `externalTrafficPolicy: Local` NodePort frontend names only local backends,
+    /// while its ClusterIP frontend names all.
+    #[test]
+    fn remote_backends_are_flagged_and_local_policy_keeps_only_local_ones() {
+        let (_, mut sp) = svc(
+            "web",
+            [10, 96, 0, 1],
+            &[([10, 0, 0, 1], true, false), ([10, 0, 0, 2], true, false)],
+        );
+        sp.endpoints[0].local = true;
+        sp.node_port = Some(30080);
+        let mut ids = Ids::default();
+        let part = contribution(&sp, &mut ids);
+        let flags: BTreeMap<Ipv4Addr, u8> =
+            part.backends.values().map(|b| (b.addr(), b.flags)).collect();
+        assert_eq!(flags[&Ipv4Addr::new(10, 0, 0, 1)], 0, "local: no SNAT");
+        assert_eq!(flags[&Ipv4Addr::new(10, 0, 0, 2)], BACKEND_F_REMOTE);
+        let node_port = SvcKey::new(Ipv4Addr::UNSPECIFIED, 30080, IPPROTO_TCP, 0);
+        let cluster_ip = SvcKey::new(Ipv4Addr::new(10, 96, 0, 1), 80, IPPROTO_TCP, 0);
+        assert_eq!(part.frontends[&node_port].slots.len(), 2, "eTP Cluster: every endpoint");
+        sp.external_local = true;
+        let part = contribution(&sp, &mut ids);
+        let local_id = part.backends.iter().find(|(_, b)| b.flags == 0).map(|(id, _)| *id);
+        assert_eq!(part.frontends[&node_port].slots, local_id.into_iter().collect::<Vec<_>>());
+        assert_eq!(part.frontends[&cluster_ip].slots.len(), 2, "ClusterIP: every endpoint");
+    }
 }
