@@ -770,3 +770,33 @@ impl TcNodePort {
         Ok(ct.keys().flatten().count())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An upgraded agent removes the pin directories of other layouts and nothing else.
+    #[test]
+    fn other_layouts_are_removed() {
+        let root = std::env::temp_dir().join(format!(
+            "skiff-test-layouts-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let current = root.join(format!("v{LB_LAYOUT}"));
+        for dir in [root.join("v1/links"), current.clone(), root.join("vnext"), root.join("other")]
+        {
+            fs::create_dir_all(dir).unwrap();
+        }
+        fs::write(root.join("v1/svc4"), b"").unwrap();
+        let removed = remove_other_layouts(&root).unwrap();
+        let kept: Vec<bool> = [&current, &root.join("vnext"), &root.join("other")]
+            .iter()
+            .map(|p| p.exists())
+            .collect();
+        let _ = fs::remove_dir_all(&root);
+        assert_eq!(removed, [root.join("v1")]);
+        assert_eq!(kept, [true, true, true]);
+        assert!(remove_other_layouts(&root.join("missing")).unwrap().is_empty());
+    }
+}
