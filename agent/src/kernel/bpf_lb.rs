@@ -628,6 +628,9 @@ pub static TC_NODEPORT_OBJ: &[u8] =
 
 const NODEPORT_OBJECT: &str = "tc_nodeport.o";
 
+/// `max_entries` of the `ct4` LRU map in `tc_nodeport.c`.
+pub const CT4_MAX_ENTRIES: u32 = 262_144;
+
 /// The tc NodePort programs, sharing `svc4`/`be4` with the socket LB through the same pin
 /// directory. Their links are pinned (`<pin dir>/links/<program>-<iface>`): they stay attached
 /// when the agent exits, and the next agent swaps its programs into them atomically.

@@ -227,6 +227,7 @@ pub fn run(cfg: &StandaloneConfig) -> Result<Option<RunReport>, ProxyError> {
     let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let mut seen = mtime(&cfg.source);
     let mut last_gc = Instant::now();
+    let mut conntrack = ConntrackStats::default();
     loop {
         std::thread::sleep(Duration::from_millis(200));
         let now = mtime(&cfg.source);
@@ -255,28 +256,67 @@ pub fn run(cfg: &StandaloneConfig) -> Result<Option<RunReport>, ProxyError> {
             p.poll_events();
             if last_gc.elapsed() >= cfg.gc_interval {
                 last_gc = Instant::now();
-                match p.gc() {
-                    Ok(n) if n > 0 => {
-                        tracing::info!(removed = n, "garbage-collected socket reverse-NAT entries");
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "gc failed"),
-                }
-                // Every attachment shares one conntrack map: one GC pass covers all.
-                if let Some(np) = nodeport.first_mut() {
-                    match np.gc(cfg.conntrack_idle) {
-                        Ok(n) if n > 0 => {
-                            tracing::info!(removed = n, "garbage-collected idle NodePort flows");
-                        }
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "conntrack gc failed"),
-                    }
-                }
+                gc_tick(p, nodeport.first_mut(), cfg, &mut conntrack);
             }
         }
         if let Ok(mut s) = state.lock() {
-            *s = (SystemTime::now(), proxier.get().metrics());
+            let mut metrics = proxier.get().metrics();
+            if !nodeport.is_empty() {
+                metrics.push_str(&conntrack.metrics());
+            }
+            *s = (SystemTime::now(), metrics);
         }
+    }
+}
+
+/// The NodePort conntrack map as of the last GC pass.
+#[derive(Debug, Default)]
+struct ConntrackStats {
+    /// Entries left after the last pass (both directions and SNAT entries of every flow).
+    entries: usize,
+    removed_total: u64,
+}
+
+impl ConntrackStats {
+    fn metrics(&self) -> String {
+        format!(
+            "# HELP skiff_proxy_conntrack_entries NodePort conntrack entries after the last GC pass (map size {}).\n# TYPE skiff_proxy_conntrack_entries gauge\nskiff_proxy_conntrack_entries {}\n\
+             # HELP skiff_proxy_conntrack_gc_removed_total Idle NodePort conntrack entries removed.\n# TYPE skiff_proxy_conntrack_gc_removed_total counter\nskiff_proxy_conntrack_gc_removed_total {}\n",
+            bpf_lb::CT4_MAX_ENTRIES,
+            self.entries,
+            self.removed_total
+        )
+    }
+}
+
+/// One GC pass: stale socket reverse-NAT and affinity entries, idle NodePort flows (every tc
+/// attachment shares one conntrack map, so one pass covers all).
+fn gc_tick(
+    p: &mut EbpfProxier,
+    nodeport: Option<&mut bpf_lb::TcNodePort>,
+    cfg: &StandaloneConfig,
+    conntrack: &mut ConntrackStats,
+) {
+    match p.gc() {
+        Ok(n) if n > 0 => {
+            tracing::info!(removed = n, "garbage-collected socket reverse-NAT entries");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "gc failed"),
+    }
+    let Some(np) = nodeport else { return };
+    match np.gc(cfg.conntrack_idle) {
+        Ok(n) => {
+            if n > 0 {
+                tracing::info!(removed = n, "garbage-collected idle NodePort flows");
+            }
+            conntrack.removed_total += n as u64;
+        }
+        Err(e) => tracing::warn!(error = %e, "conntrack gc failed"),
+    }
+    match np.conntrack_entries() {
+        Ok(n) => conntrack.entries = n,
+        Err(e) => tracing::warn!(error = %e, "cannot count conntrack entries"),
     }
 }
 
