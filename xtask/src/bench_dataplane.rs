@@ -837,7 +837,7 @@ fn write_report(args: &DataplaneArgs, rows: &[Value], legacy: &[Value], load: &s
             get(rows, m, n, "close_latency_p99_ms")
         )
     });
-    md.push_str("\n## Programming the data plane\n\nFull sync = all Services from empty; change = one endpoint removed or re-added, time until the kernel state is written (eBPF: maps updated; iptables: `iptables-restore` returned); CPU = agent plus its `iptables-restore` children during the churn, % of one core.\n\n| Services | eBPF full sync s | iptables-nft full sync s | iptables-legacy full sync s (`--noflush`) | eBPF change p50 / p99 ms | iptables-nft change p50 ms | iptables-legacy change p50 ms | eBPF CPU % | iptables CPU % |\n|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("\n## Programming the data plane\n\nFull sync = all Services from empty; change = one endpoint removed from or re-added to an EndpointSlice, time from the tracker update until the kernel state is written (eBPF: maps updated; iptables: `iptables-restore` returned); CPU = agent plus its `iptables-restore` children during the churn, % of one core.\n\n| Services | eBPF full sync s | iptables-nft full sync s | iptables-legacy full sync s (`--noflush`) | eBPF change p50 / p99 ms | iptables-nft change p50 ms | iptables-legacy change p50 ms | eBPF CPU % | iptables CPU % |\n|---|---|---|---|---|---|---|---|---|\n");
     for &n in &args.services {
         let lg = legacy.iter().find(|l| l["services"] == n);
         let lf = lg.and_then(|l| l["full_sync_s"].as_f64()).unwrap_or(f64::NAN);
