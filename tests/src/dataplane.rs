@@ -134,6 +134,11 @@ pub struct Topology {
     pub tag: String,
     // Drop order = field order: processes first, then the cgroup, then the namespaces.
     probe: Option<Probe>,
+    /// A probe in the node namespace (a process on the node itself), started on first use.
+    node_probe: Option<Probe>,
+    /// A probe in the client namespace but outside the test cgroup: a client on another
+    /// machine, which the socket programs never see. Started on first use.
+    outside_probe: Option<Probe>,
     _servers: Proc,
     pub cgroup: TestCgroup,
     pub client: NetNs,
@@ -234,6 +239,8 @@ impl Topology {
         let mut me = Topology {
             tag: tag.to_owned(),
             probe: None,
+            node_probe: None,
+            outside_probe: None,
             _servers: servers,
             cgroup,
             client,
@@ -250,20 +257,43 @@ impl Topology {
     /// (Re)starts the probe process (a fresh client, same cgroup and namespace).
     pub fn restart_probe(&mut self) -> Result<()> {
         self.probe = None;
-        let mut child = Command::new(&self.probe_bin)
-            .arg("client")
-            .arg("--cgroup")
-            .arg(&self.cgroup.path)
+        self.probe = Some(self.start_probe(self.client.path(), true)?);
+        Ok(())
+    }
+
+    fn start_probe(&self, netns: &Path, in_cgroup: bool) -> Result<Probe> {
+        let mut cmd = Command::new(&self.probe_bin);
+        cmd.arg("client");
+        if in_cgroup {
+            cmd.arg("--cgroup").arg(&self.cgroup.path);
+        }
+        let mut child = cmd
             .arg("--netns")
-            .arg(self.client.path())
+            .arg(netns)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .context("starting probe")?;
         let stdin = child.stdin.take().context("probe stdin")?;
         let stdout = BufReader::new(child.stdout.take().context("probe stdout")?);
-        self.probe = Some(Probe { proc: Proc { child }, stdin, stdout });
-        Ok(())
+        Ok(Probe { proc: Proc { child }, stdin, stdout })
+    }
+
+    /// A probe running on the node itself (node namespace, test cgroup).
+    pub fn node_probe(&mut self) -> Result<&mut Probe> {
+        if self.node_probe.is_none() {
+            self.node_probe = Some(self.start_probe(self.node.path(), true)?);
+        }
+        self.node_probe.as_mut().context("node probe")
+    }
+
+    /// A probe in the client namespace outside the test cgroup: NodePort "from outside" (a
+    /// client the socket programs do not see, as on another machine).
+    pub fn outside_probe(&mut self) -> Result<&mut Probe> {
+        if self.outside_probe.is_none() {
+            self.outside_probe = Some(self.start_probe(self.client.path(), false)?);
+        }
+        self.outside_probe.as_mut().context("outside probe")
     }
 
     /// The node's interface towards the client (its NodePort-facing "external" interface).

@@ -196,6 +196,7 @@ impl Harness {
                 pin_root: self.pin_root.clone(),
                 cgroup: self.topo.cgroup.path.clone(),
                 map_sizes: self.sizes,
+                node_addresses: vec![NODE_CLIENT_SIDE, NODE_REMOTE_SIDE],
             })?)),
             Mode::Iptables => {
                 let ipt = Iptables::detect(Some(self.topo.node.name()))?;
@@ -371,11 +372,11 @@ fn external_ip_is_balanced_like_the_cluster_ip(h: &mut Harness) -> Result<()> {
 fn node_port_from_outside(h: &mut Harness) -> Result<()> {
     h.sync(&[svc("web", [10, 96, 0, 10], &[0, 1, 2, 3])])?;
     let node = NODE_CLIENT_SIDE;
-    let words = h.topo.probe().ok(&format!("tcp {node} {NODE_PORT} 40"))?;
+    let words = h.topo.outside_probe()?.ok(&format!("tcp {node} {NODE_PORT} 40"))?;
     let spread = counts(&words[0].split(',').map(str::to_owned).collect::<Vec<_>>());
     ensure!(spread.len() > 1, "balanced over backends: {spread:?}");
     ensure!(words[1] == format!("peer={node}:{NODE_PORT}"), "{words:?}");
-    let words = h.topo.probe().ok(&format!("udp {node} {NODE_PORT} 10"))?;
+    let words = h.topo.outside_probe()?.ok(&format!("udp {node} {NODE_PORT} 10"))?;
     ensure!(
         words[1] == format!("from={node}:{NODE_PORT}"),
         "UDP replies come from the node: {words:?}"
@@ -390,6 +391,26 @@ fn node_port_from_outside(h: &mut Harness) -> Result<()> {
     Ok(())
 }
 
+/// NodePort from a process on the node itself (its packets never cross a node interface's
+/// ingress): balanced, answered from the node address, TCP and UDP. eBPF balances it at the
+/// socket (the destination is one of the node's addresses), iptables in nat OUTPUT.
+fn node_port_from_the_node_itself(h: &mut Harness) -> Result<()> {
+    h.sync(&[svc("web", [10, 96, 0, 10], &[0, 1, 2, 3])])?;
+    for node in [NODE_CLIENT_SIDE, NODE_REMOTE_SIDE] {
+        let probe = h.topo.node_probe()?;
+        let words = probe.ok(&format!("tcp {node} {NODE_PORT} 40"))?;
+        let spread = counts(&words[0].split(',').map(str::to_owned).collect::<Vec<_>>());
+        ensure!(spread.len() > 1, "balanced over backends: {spread:?}");
+        ensure!(words[1] == format!("peer={node}:{NODE_PORT}"), "{words:?}");
+        let words = probe.ok(&format!("udp {node} {NODE_PORT} 10"))?;
+        ensure!(words[1] == format!("from={node}:{NODE_PORT}"), "UDP from the node: {words:?}");
+    }
+    // Another port on a node address is not a Service: left alone (nothing listens there).
+    let answer = h.topo.node_probe()?.cmd(&format!("tcp {NODE_CLIENT_SIDE} 30999 1"))?;
+    ensure!(answer == "err ConnectionRefused", "{answer}");
+    Ok(())
+}
+
 /// `externalTrafficPolicy: Local`: NodePort traffic from outside reaches only the endpoints on
 /// this node; the ClusterIP still reaches all of them.
 fn external_traffic_policy_local(h: &mut Harness) -> Result<()> {
@@ -397,7 +418,7 @@ fn external_traffic_policy_local(h: &mut Harness) -> Result<()> {
     s.external_local = true;
     s.local = vec![1, 2];
     h.sync(&[s])?;
-    let words = h.topo.probe().ok(&format!("tcp {NODE_CLIENT_SIDE} {NODE_PORT} 40"))?;
+    let words = h.topo.outside_probe()?.ok(&format!("tcp {NODE_CLIENT_SIDE} {NODE_PORT} 40"))?;
     let spread = counts(&words[0].split(',').map(str::to_owned).collect::<Vec<_>>());
     ensure!(spread.keys().all(|b| b == "b1" || b == "b2"), "only local endpoints: {spread:?}");
     ensure!(spread.len() == 2, "both local endpoints used: {spread:?}");
@@ -425,7 +446,7 @@ fn node_port_snat_to_a_remote_backend(h: &mut Harness) -> Result<()> {
     s.local = vec![0];
     h.sync(&[s.clone()])?;
     let node = NODE_CLIENT_SIDE;
-    let words = h.topo.probe().ok(&format!("tcpsrc {node} {NODE_PORT} 10"))?;
+    let words = h.topo.outside_probe()?.ok(&format!("tcpsrc {node} {NODE_PORT} 10"))?;
     ensure!(words[1] == format!("peer={node}:{NODE_PORT}"), "reply from the node: {words:?}");
     for (id, src) in sources(&words[0])? {
         ensure!(id == "r0", "{words:?}");
@@ -437,17 +458,17 @@ fn node_port_snat_to_a_remote_backend(h: &mut Harness) -> Result<()> {
             ensure!(src.port() >= 61000, "SNAT port from the tc program's range: {words:?}");
         }
     }
-    let words = h.topo.probe().ok(&format!("udpsrc {node} {NODE_PORT} 5"))?;
+    let words = h.topo.outside_probe()?.ok(&format!("udpsrc {node} {NODE_PORT} 5"))?;
     ensure!(words[1] == format!("from={node}:{NODE_PORT}"), "UDP reply from the node: {words:?}");
     for (id, src) in sources(&words[0])? {
         ensure!(id == "r0" && src.ip() == std::net::IpAddr::V4(NODE_REMOTE_SIDE), "{words:?}");
     }
     // A held stream keeps its SNAT mapping (the same flow both ways, many packets), also
     // across an agent restart (the conntrack entries are pinned).
-    let words = h.topo.probe().ok(&format!("hold {node} {NODE_PORT}"))?;
+    let words = h.topo.outside_probe()?.ok(&format!("hold {node} {NODE_PORT}"))?;
     for round in 0..2 {
         for _ in 0..3 {
-            let echo = h.topo.probe().ok(&format!("ping {}", words[0]))?;
+            let echo = h.topo.outside_probe()?.ok(&format!("ping {}", words[0]))?;
             ensure!(echo == ["r0", "ping"], "round {round}: {echo:?}");
         }
         if round == 0 {
@@ -458,7 +479,7 @@ fn node_port_snat_to_a_remote_backend(h: &mut Harness) -> Result<()> {
     // A local and a remote backend together: both reachable, the remote one SNATed.
     s.endpoints = vec![(0, Cond::Ready), (REMOTE, Cond::Ready)];
     h.sync(&[s])?;
-    let words = h.topo.probe().ok(&format!("tcpsrc {node} {NODE_PORT} 40"))?;
+    let words = h.topo.outside_probe()?.ok(&format!("tcpsrc {node} {NODE_PORT} 40"))?;
     let seen = sources(&words[0])?;
     let ids: BTreeMap<&str, usize> = seen.iter().fold(BTreeMap::new(), |mut m, (id, _)| {
         *m.entry(id.as_str()).or_insert(0) += 1;
@@ -495,13 +516,13 @@ fn external_traffic_policy_local_keeps_the_client_source(h: &mut Harness) -> Res
     s.local = vec![1];
     h.sync(&[s])?;
     let node = NODE_CLIENT_SIDE;
-    let words = h.topo.probe().ok(&format!("tcpsrc {node} {NODE_PORT} 20"))?;
+    let words = h.topo.outside_probe()?.ok(&format!("tcpsrc {node} {NODE_PORT} 20"))?;
     ensure!(words[1] == format!("peer={node}:{NODE_PORT}"), "{words:?}");
     for (id, src) in sources(&words[0])? {
         ensure!(id == "b1", "only the local endpoint: {words:?}");
         ensure!(src.ip() == std::net::IpAddr::V4(CLIENT_IP), "client source kept: {words:?}");
     }
-    let words = h.topo.probe().ok(&format!("udpsrc {node} {NODE_PORT} 5"))?;
+    let words = h.topo.outside_probe()?.ok(&format!("udpsrc {node} {NODE_PORT} 5"))?;
     ensure!(words[1] == format!("from={node}:{NODE_PORT}"), "{words:?}");
     for (id, src) in sources(&words[0])? {
         ensure!(id == "b1" && src.ip() == std::net::IpAddr::V4(CLIENT_IP), "{words:?}");
@@ -569,12 +590,12 @@ fn restart_keeps_established_connections(h: &mut Harness) -> Result<()> {
     let words = h.topo.probe().ok(&format!("hold {VIP} 80"))?;
     let (index, id) = (words[0].clone(), words[1].clone());
     // A NodePort flow too (per-packet NAT in tc or iptables: needs the state to survive).
-    let words = h.topo.probe().ok(&format!("hold {NODE_CLIENT_SIDE} {NODE_PORT}"))?;
+    let words = h.topo.outside_probe()?.ok(&format!("hold {NODE_CLIENT_SIDE} {NODE_PORT}"))?;
     let (np_index, np_id) = (words[0].clone(), words[1].clone());
     h.restart()?;
     let echo = h.topo.probe().ok(&format!("ping {index}"))?;
     ensure!(echo == [id.as_str(), "ping"], "{echo:?}");
-    let echo = h.topo.probe().ok(&format!("ping {np_index}"))?;
+    let echo = h.topo.outside_probe()?.ok(&format!("ping {np_index}"))?;
     ensure!(echo == [np_id.as_str(), "ping"], "NodePort stream across the restart: {echo:?}");
     let report = h.sync(&services)?;
     if h.mode == Mode::Ebpf {
@@ -663,7 +684,12 @@ fn ebpf_nodeport_maglev_follows_the_table() {
     let names: Vec<String> = (0..4).map(|i| format!("{}:{BACKEND_PORT}", backend_ip(i))).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let table = maglev::build_table(&refs, MAGLEV_SEED, 1021);
-    let words = h.topo.probe().ok(&format!("tcpports {NODE_CLIENT_SIDE} {NODE_PORT} 40")).unwrap();
+    let words = h
+        .topo
+        .outside_probe()
+        .unwrap()
+        .ok(&format!("tcpports {NODE_CLIENT_SIDE} {NODE_PORT} 40"))
+        .unwrap();
     let mut seen = BTreeMap::new();
     for flow in words[0].split(',') {
         let (id, port) = flow.split_once(':').unwrap();
@@ -707,6 +733,7 @@ conformance!(
     udp_works_both_ways,
     external_ip_is_balanced_like_the_cluster_ip,
     node_port_from_outside,
+    node_port_from_the_node_itself,
     node_port_snat_to_a_remote_backend,
     external_traffic_policy_local,
     external_traffic_policy_local_keeps_the_client_source,

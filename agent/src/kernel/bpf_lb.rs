@@ -302,6 +302,7 @@ pub struct SockLb {
     sock_revnat: HashMap<MapData, SkRevKey, SkRevVal>,
     affinity: HashMap<MapData, AffKey, AffVal>,
     maglev: HashMap<MapData, u32, MaglevRow>,
+    node_addrs: HashMap<MapData, u32, u8>,
     stats: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
 }
@@ -359,6 +360,7 @@ impl SockLb {
         let sock_revnat = take(&mut ebpf, "sock_revnat4")?;
         let affinity = take(&mut ebpf, "affinity4")?;
         let maglev = take(&mut ebpf, "maglev4")?;
+        let node_addrs = take(&mut ebpf, "node_addrs4")?;
         let stats = take(&mut ebpf, "lb_stats")?;
         let events = Some(take(&mut ebpf, "lb_events")?);
         Ok(SockLb {
@@ -370,6 +372,7 @@ impl SockLb {
             sock_revnat,
             affinity,
             maglev,
+            node_addrs,
             stats,
             events,
         })
@@ -463,6 +466,20 @@ impl SockLb {
     }
     pub fn maglev_insert(&mut self, svc_id: u32, row: &MaglevRow) -> Result<(), LbError> {
         self.maglev.insert(svc_id, row, 0).map_err(map_err("maglev4"))
+    }
+    /// Makes `node_addrs4` hold exactly `addrs`: this node's addresses, on which a connect to a
+    /// NodePort is balanced at the socket.
+    pub fn set_node_addresses(&mut self, addrs: &[Ipv4Addr]) -> Result<(), LbError> {
+        let want: Vec<u32> = addrs.iter().map(|a| u32::from(*a).to_be()).collect();
+        let stale: Vec<u32> =
+            self.node_addrs.keys().flatten().filter(|k| !want.contains(k)).collect();
+        for k in &stale {
+            ignore_missing(self.node_addrs.remove(k)).map_err(map_err("node_addrs4"))?;
+        }
+        for k in want {
+            self.node_addrs.insert(k, 1, 0).map_err(map_err("node_addrs4"))?;
+        }
+        Ok(())
     }
     pub fn maglev_remove(&mut self, svc_id: u32) -> Result<(), LbError> {
         ignore_missing(self.maglev.remove(&svc_id)).map_err(map_err("maglev4"))

@@ -334,6 +334,9 @@ pub struct EbpfConfig {
     /// The cgroup2 directory the socket programs attach to (the cgroup2 root on a node).
     pub cgroup: PathBuf,
     pub map_sizes: LbMapSizes,
+    /// This node's addresses: a connect to one of them on a NodePort is balanced at the socket
+    /// (NodePort from pods and the node itself).
+    pub node_addresses: Vec<Ipv4Addr>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -392,6 +395,7 @@ impl EbpfProxier {
             );
         }
         let ids = Ids::from_state(&current);
+        lb.set_node_addresses(&config.node_addresses)?;
         lb.attach(&config.cgroup)?;
         // Ours are attached: programs and maps of an older layout (an upgraded agent) go.
         for old in bpf_lb::remove_other_layouts(&config.pin_root)? {

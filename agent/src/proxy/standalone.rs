@@ -91,6 +91,7 @@ fn start(cfg: &StandaloneConfig) -> Result<Any, ProxyError> {
             pin_root: cfg.pin_root.clone(),
             cgroup: cfg.cgroup.clone(),
             map_sizes: cfg.map_sizes,
+            node_addresses: cfg.nodeport.iter().map(|(_, ip)| *ip).collect(),
         })?)),
         Mode::Iptables => {
             let ipt = match cfg.iptables_backend {
