@@ -22,7 +22,7 @@ use super::bpf::BpfError;
 pub static SOCK_LB_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock_lb.o"));
 
 /// `SKIFF_LB_LAYOUT` in `lb.h`: the version directory the maps are pinned in.
-pub const LB_LAYOUT: u32 = 1;
+pub const LB_LAYOUT: u32 = 2;
 
 const OBJECT: &str = "sock_lb.o";
 /// Programs of `sock_lb.c`, by C function name.
@@ -39,6 +39,8 @@ pub const MAGLEV_M: usize = 1021;
 pub type MaglevRow = [u32; MAGLEV_M];
 pub const BACKEND_ACTIVE: u8 = 0;
 pub const BACKEND_TERMINATING: u8 = 1;
+/// `LB4_BACKEND_F_REMOTE`: the backend is not on this node (`NodePort` flows to it get source NAT).
+pub const BACKEND_F_REMOTE: u8 = 1;
 
 /// Mirror of `struct lb4_svc_key`. Address and port in network byte order.
 #[repr(C)]
@@ -85,12 +87,22 @@ pub struct BackendVal {
     pub port: u16,
     pub proto: u8,
     pub state: u8,
+    /// `BACKEND_F_*` bits.
+    pub flags: u8,
+    pub pad: [u8; 3],
 }
-const _: () = assert!(size_of::<BackendVal>() == 8, "must match struct lb4_backend");
+const _: () = assert!(size_of::<BackendVal>() == 12, "must match struct lb4_backend");
 
 impl BackendVal {
-    pub fn new(ip: Ipv4Addr, port: u16, proto: u8, state: u8) -> Self {
-        BackendVal { ip: u32::from(ip).to_be(), port: port.to_be(), proto, state }
+    pub fn new(ip: Ipv4Addr, port: u16, proto: u8, state: u8, flags: u8) -> Self {
+        BackendVal {
+            ip: u32::from(ip).to_be(),
+            port: port.to_be(),
+            proto,
+            state,
+            flags,
+            pad: [0; 3],
+        }
     }
     pub fn addr(&self) -> Ipv4Addr {
         Ipv4Addr::from(u32::from_be(self.ip))
@@ -213,7 +225,7 @@ unsafe impl Pod for AffKey {}
 unsafe impl Pod for AffVal {}
 
 /// Counters of `enum lb_stat`, in index order.
-pub const LB_STATS: [&str; 7] = [
+pub const LB_STATS: [&str; 10] = [
     "connect_translated",
     "sendmsg_translated",
     "refused_no_endpoints",
@@ -221,6 +233,9 @@ pub const LB_STATS: [&str; 7] = [
     "backend_missing",
     "affinity_hits",
     "sock_revnat_update_failed",
+    "nodeport_new_flows",
+    "nodeport_snat",
+    "nodeport_snat_no_port",
 ];
 
 /// Map sizes (`max_entries`), from the agent's flags. Pinned maps keep the size they were
@@ -287,6 +302,7 @@ pub struct SockLb {
     sock_revnat: HashMap<MapData, SkRevKey, SkRevVal>,
     affinity: HashMap<MapData, AffKey, AffVal>,
     maglev: HashMap<MapData, u32, MaglevRow>,
+    node_addrs: HashMap<MapData, u32, u8>,
     stats: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
 }
@@ -344,6 +360,7 @@ impl SockLb {
         let sock_revnat = take(&mut ebpf, "sock_revnat4")?;
         let affinity = take(&mut ebpf, "affinity4")?;
         let maglev = take(&mut ebpf, "maglev4")?;
+        let node_addrs = take(&mut ebpf, "node_addrs4")?;
         let stats = take(&mut ebpf, "lb_stats")?;
         let events = Some(take(&mut ebpf, "lb_events")?);
         Ok(SockLb {
@@ -355,6 +372,7 @@ impl SockLb {
             sock_revnat,
             affinity,
             maglev,
+            node_addrs,
             stats,
             events,
         })
@@ -449,6 +467,20 @@ impl SockLb {
     pub fn maglev_insert(&mut self, svc_id: u32, row: &MaglevRow) -> Result<(), LbError> {
         self.maglev.insert(svc_id, row, 0).map_err(map_err("maglev4"))
     }
+    /// Makes `node_addrs4` hold exactly `addrs`: this node's addresses, on which a connect to a
+    /// NodePort is balanced at the socket.
+    pub fn set_node_addresses(&mut self, addrs: &[Ipv4Addr]) -> Result<(), LbError> {
+        let want: Vec<u32> = addrs.iter().map(|a| u32::from(*a).to_be()).collect();
+        let stale: Vec<u32> =
+            self.node_addrs.keys().flatten().filter(|k| !want.contains(k)).collect();
+        for k in &stale {
+            ignore_missing(self.node_addrs.remove(k)).map_err(map_err("node_addrs4"))?;
+        }
+        for k in want {
+            self.node_addrs.insert(k, 1, 0).map_err(map_err("node_addrs4"))?;
+        }
+        Ok(())
+    }
     pub fn maglev_remove(&mut self, svc_id: u32) -> Result<(), LbError> {
         ignore_missing(self.maglev.remove(&svc_id)).map_err(map_err("maglev4"))
     }
@@ -494,8 +526,8 @@ impl SockLb {
     }
 
     /// Per-CPU counters summed, in [`LB_STATS`] order.
-    pub fn stats(&self) -> Result<[u64; 7], LbError> {
-        let mut out = [0u64; 7];
+    pub fn stats(&self) -> Result<[u64; LB_STATS.len()], LbError> {
+        let mut out = [0u64; LB_STATS.len()];
         for (i, slot) in out.iter_mut().enumerate() {
             let index = u32::try_from(i).unwrap_or(u32::MAX);
             let per_cpu = self.stats.get(&index, 0).map_err(map_err("lb_stats"))?;
@@ -571,6 +603,29 @@ pub fn unmount_bpffs(dir: &Path) -> Result<(), LbError> {
     })
 }
 
+/// Removes the pins of other map layouts under `pin_root` (`v<N>`, N != [`LB_LAYOUT`]): an
+/// upgraded agent calls it once its own programs are attached, so the old programs (whose link
+/// pins live there) detach and their maps go. Returns the directories removed.
+pub fn remove_other_layouts(pin_root: &Path) -> Result<Vec<PathBuf>, LbError> {
+    let mut removed = Vec::new();
+    let Ok(entries) = fs::read_dir(pin_root) else { return Ok(removed) };
+    let current = format!("v{LB_LAYOUT}");
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_layout = name.strip_prefix('v').is_some_and(|n| n.parse::<u32>().is_ok());
+        if is_layout && name != current {
+            let path = entry.path();
+            fs::remove_dir_all(&path).map_err(|source| LbError::Io {
+                op: "remove old layout pins",
+                path: path.clone(),
+                source,
+            })?;
+            removed.push(path);
+        }
+    }
+    Ok(removed)
+}
+
 /// Removes a whole pin root (all layout versions), e.g. when a test or `skiff-agent proxy
 /// cleanup` ends. Links pinned there are detached.
 pub fn remove_pins(pin_root: &Path) -> Result<(), LbError> {
@@ -590,6 +645,9 @@ pub static TC_NODEPORT_OBJ: &[u8] =
 
 const NODEPORT_OBJECT: &str = "tc_nodeport.o";
 
+/// `max_entries` of the `ct4` LRU map in `tc_nodeport.c`.
+pub const CT4_MAX_ENTRIES: u32 = 262_144;
+
 /// The tc NodePort programs, sharing `svc4`/`be4` with the socket LB through the same pin
 /// directory. Their links are pinned (`<pin dir>/links/<program>-<iface>`): they stay attached
 /// when the agent exits, and the next agent swaps its programs into them atomically.
@@ -605,11 +663,14 @@ impl std::fmt::Debug for TcNodePort {
 }
 
 impl TcNodePort {
-    /// Loads the programs for a node whose NodePort address is `node_ip`, with maps pinned
-    /// under `<pin_root>/v<LB_LAYOUT>`, and attaches `nodeport_in` to the ingress and
-    /// `nodeport_reply` to the egress of `external_if` (reverse NAT on the way out: a packet
-    /// with the node's own source address would be dropped as martian if rewritten on ingress).
-    /// Interface names are resolved in the calling thread's network namespace.
+    /// Loads the programs for the node interface `external_if` whose address is `node_ip`,
+    /// with maps pinned under `<pin_root>/v<LB_LAYOUT>`, and attaches `nodeport_in` to its
+    /// ingress and `nodeport_out` to its egress (reverse NAT and SNAT on the way out: a packet
+    /// with the node's own source address would be dropped as martian if rewritten on
+    /// ingress). `node_ip` is both a NodePort address and the SNAT address of flows that leave
+    /// by this interface for a backend on another node. Attach to every node interface that
+    /// carries NodePort clients or leads to other nodes (one value per interface; all share the
+    /// maps). Interface names are resolved in the calling thread's network namespace.
     pub fn attach(
         pin_root: &Path,
         sizes: LbMapSizes,
@@ -641,7 +702,7 @@ impl TcNodePort {
         })?;
         let mut links = Vec::new();
         for (name, direction) in
-            [("nodeport_in", TcAttachType::Ingress), ("nodeport_reply", TcAttachType::Egress)]
+            [("nodeport_in", TcAttachType::Ingress), ("nodeport_out", TcAttachType::Egress)]
         {
             let program: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -727,5 +788,35 @@ impl TcNodePort {
         let ct: HashMap<&MapData, [u8; 16], [u8; 24]> =
             HashMap::try_from(map).map_err(|source| LbError::Map { map: "ct4", source })?;
         Ok(ct.keys().flatten().count())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An upgraded agent removes the pin directories of other layouts and nothing else.
+    #[test]
+    fn other_layouts_are_removed() {
+        let root = std::env::temp_dir().join(format!(
+            "skiff-test-layouts-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let current = root.join(format!("v{LB_LAYOUT}"));
+        for dir in [root.join("v1/links"), current.clone(), root.join("vnext"), root.join("other")]
+        {
+            fs::create_dir_all(dir).unwrap();
+        }
+        fs::write(root.join("v1/svc4"), b"").unwrap();
+        let removed = remove_other_layouts(&root).unwrap();
+        let kept: Vec<bool> = [&current, &root.join("vnext"), &root.join("other")]
+            .iter()
+            .map(|p| p.exists())
+            .collect();
+        let _ = fs::remove_dir_all(&root);
+        assert_eq!(removed, [root.join("v1")]);
+        assert_eq!(kept, [true, true, true]);
+        assert!(remove_other_layouts(&root.join("missing")).unwrap().is_empty());
     }
 }
