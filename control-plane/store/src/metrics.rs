@@ -25,6 +25,8 @@ pub struct Metrics {
     pub revision: Gauge,
     pub fsync_seconds: Histogram,
     pub apply_seconds: Histogram,
+    pub commit_seconds: Histogram,
+    pub forward_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -47,6 +49,8 @@ impl Metrics {
         let revision = Gauge::default();
         let fsync_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 18));
         let apply_seconds = Histogram::new(exponential_buckets(0.000_01, 2.0, 18));
+        let commit_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 18));
+        let forward_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 18));
         r.register("leader_changes", "Leader changes seen by this replica", leader_changes.clone());
         r.register(
             "proposals_committed",
@@ -82,6 +86,16 @@ impl Metrics {
             "Latency of applying one batch of entries",
             apply_seconds.clone(),
         );
+        r.register(
+            "commit_seconds",
+            "Latency of one raft entry on the leader, from proposal to applied",
+            commit_seconds.clone(),
+        );
+        r.register(
+            "forward_seconds",
+            "Latency of forwarding one batch of writes to the leader, until its answer",
+            forward_seconds.clone(),
+        );
         Self {
             registry: Arc::new(r),
             leader_changes,
@@ -95,6 +109,8 @@ impl Metrics {
             revision,
             fsync_seconds,
             apply_seconds,
+            commit_seconds,
+            forward_seconds,
         }
     }
 

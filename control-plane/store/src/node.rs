@@ -499,10 +499,12 @@ impl Inner {
                 .collect());
         }
         let url = self.peer_url(leader).ok_or(KvError::NoLeader)?;
+        let t = std::time::Instant::now();
         let r: Vec<Result<WriteResult, KvError>> = self
             .peers
             .call(leader, &url, Method::Forward, &p, self.config.tuning.request_timeout)
             .await
+            .inspect(|_| self.metrics.forward_seconds.observe(t.elapsed().as_secs_f64()))
             .map_err(|e| match e {
                 // Sent but no answer: it may or may not have been applied.
                 PeerError::Unreachable(_, m) if m.starts_with("timed out") => KvError::Timeout,
@@ -514,6 +516,7 @@ impl Inner {
     async fn propose_local(&self, p: Proposal) -> Result<ProposalResult, KvError> {
         self.metrics.proposal_batches.inc();
         let n = p.ops.len() as u64;
+        let t = std::time::Instant::now();
         let res = match tokio::time::timeout(
             self.config.tuning.request_timeout,
             self.raft.client_write(p),
@@ -530,6 +533,8 @@ impl Inner {
         };
         if res.is_err() {
             self.metrics.proposals_failed.inc_by(n);
+        } else {
+            self.metrics.commit_seconds.observe(t.elapsed().as_secs_f64());
         }
         res
     }
