@@ -106,6 +106,11 @@ static __always_inline struct lb4_svc_val *frontend(struct bpf_sock_addr *ctx, s
 	if (svc || !bpf_map_lookup_elem(&node_addrs4, &key->vip))
 		return svc;
 	key->vip = 0; /* a NodePort on one of this node's addresses */
+	key->scope = LB4_SCOPE_INTERNAL; /* eTP Local: clients on this node use every endpoint */
+	svc = bpf_map_lookup_elem(&svc4, key);
+	if (svc)
+		return svc;
+	key->scope = LB4_SCOPE_EXTERNAL;
 	return bpf_map_lookup_elem(&svc4, key);
 }
 

@@ -412,7 +412,7 @@ fn node_port_from_the_node_itself(h: &mut Harness) -> Result<()> {
 }
 
 /// `externalTrafficPolicy: Local`: NodePort traffic from outside reaches only the endpoints on
-/// this node; the ClusterIP still reaches all of them.
+/// this node; the ClusterIP, and the NodePort from the node itself, still reach all of them.
 fn external_traffic_policy_local(h: &mut Harness) -> Result<()> {
     let mut s = svc("web", [10, 96, 0, 10], &[0, 1, 2, 3]);
     s.external_local = true;
@@ -424,6 +424,11 @@ fn external_traffic_policy_local(h: &mut Harness) -> Result<()> {
     ensure!(spread.len() == 2, "both local endpoints used: {spread:?}");
     let all = counts(&h.tcp(VIP, 60)?);
     ensure!(all.len() == 4, "the ClusterIP uses every endpoint: {all:?}");
+    // A client on the node itself is not "external": the NodePort uses every endpoint (as
+    // kube-proxy's KUBE-EXT chain sends LOCAL-source traffic to the Service chain).
+    let words = h.topo.node_probe()?.ok(&format!("tcp {NODE_CLIENT_SIDE} {NODE_PORT} 60"))?;
+    let spread = counts(&words[0].split(',').map(str::to_owned).collect::<Vec<_>>());
+    ensure!(spread.len() == 4, "node-local NodePort clients use every endpoint: {spread:?}");
     Ok(())
 }
 

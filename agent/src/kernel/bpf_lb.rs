@@ -31,6 +31,8 @@ pub const SOCK_PROGRAMS: [&str; 4] =
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+/// `LB4_SCOPE_INTERNAL`: the node-local twin of an eTP Local NodePort frontend (all endpoints).
+pub const SCOPE_INTERNAL: u8 = 1;
 pub const SVC_FLAG_AFFINITY: u16 = 1;
 pub const SVC_FLAG_MAGLEV: u16 = 2;
 /// `LB4_MAGLEV_M`: entries of a Maglev row.
