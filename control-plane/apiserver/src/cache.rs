@@ -7,15 +7,18 @@
 //! a watch from it is exact.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde_json::Value;
 use skiff_api::{RESOURCES, Resource};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{Store, StoreError, Stored};
+
+mod splice;
 
 /// Events kept per resource for watches that resume from an older resourceVersion.
 pub const HISTORY: usize = 20_000;
@@ -39,35 +42,95 @@ impl EventType {
     }
 }
 
+/// One cached object: its JSON encoding (with `metadata.resourceVersion`) and its decoded
+/// value, each produced at most once and only when first needed. An object that arrives from
+/// the store is kept as the stored bytes with the resourceVersion spliced in (`from_stored`),
+/// so lists and watch events copy bytes and the value is parsed only for selectors, Tables and
+/// other readers of fields.
+#[derive(Debug)]
+pub struct CachedObject {
+    /// `metadata.resourceVersion` as a revision (the store key's mod revision).
+    rev: i64,
+    json: OnceLock<Bytes>,
+    value: OnceLock<Value>,
+}
+
+impl CachedObject {
+    /// An object already decoded; `metadata.resourceVersion` must already be set to `rev`.
+    pub fn new(value: Value) -> Self {
+        let rev = value
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        Self { rev, json: OnceLock::new(), value: OnceLock::from(value) }
+    }
+
+    /// A stored value at mod revision `rev`; `None` when it is not JSON (such a value is not
+    /// an object of ours and is skipped, as before).
+    pub fn from_stored(stored: &[u8], rev: i64) -> Option<Self> {
+        if serde_json::from_slice::<serde::de::IgnoredAny>(stored).is_err() {
+            return None;
+        }
+        if let Some(json) = splice::with_resource_version(stored, rev) {
+            return Some(Self { rev, json: OnceLock::from(json), value: OnceLock::new() });
+        }
+        let mut value: Value = serde_json::from_slice(stored).ok()?;
+        set_rv(&mut value, rev);
+        Some(Self { rev, json: OnceLock::new(), value: OnceLock::from(value) })
+    }
+
+    /// The revision this state of the object was written at.
+    pub fn rev(&self) -> i64 {
+        self.rev
+    }
+
+    /// The object as JSON bytes (one line, no surrounding whitespace).
+    pub fn json(&self) -> &Bytes {
+        self.json.get_or_init(|| {
+            Bytes::from(serde_json::to_vec(self.value()).unwrap_or_else(|_| b"null".to_vec()))
+        })
+    }
+
+    /// The decoded object.
+    pub fn value(&self) -> &Value {
+        self.value.get_or_init(|| {
+            // `json` is set whenever `value` is not, and was validated when it was made.
+            self.json.get().and_then(|b| serde_json::from_slice(b).ok()).unwrap_or(Value::Null)
+        })
+    }
+}
+
+impl std::ops::Deref for CachedObject {
+    type Target = Value;
+
+    fn deref(&self) -> &Value {
+        self.value()
+    }
+}
+
 /// One change of one object. `obj` carries the new state (the last state for deletions) with
 /// `metadata.resourceVersion` set to `rev`.
 #[derive(Debug)]
 pub struct Event {
     pub rev: i64,
     pub ty: EventType,
-    pub key: String,
-    pub obj: Arc<Value>,
-    pub prev: Option<Arc<Value>>,
-    /// `obj` serialized once for every plain-JSON watcher.
-    pub json: std::sync::OnceLock<bytes::Bytes>,
-}
-
-impl Event {
-    /// The object as JSON bytes, serialized on first use and shared by all watchers.
-    pub fn obj_json(&self) -> &bytes::Bytes {
-        self.json
-            .get_or_init(|| bytes::Bytes::from(serde_json::to_vec(&*self.obj).unwrap_or_default()))
-    }
+    pub key: Arc<str>,
+    pub obj: Arc<CachedObject>,
+    pub prev: Option<Arc<CachedObject>>,
 }
 
 struct State {
-    items: BTreeMap<String, Arc<Value>>,
+    items: BTreeMap<Arc<str>, Arc<CachedObject>>,
     history: VecDeque<Arc<Event>>,
     /// Watches may resume from any revision >= floor.
     floor: i64,
     rev: i64,
     tx: broadcast::Sender<Arc<Event>>,
 }
+
+/// A cached object and its store key.
+pub type Keyed = (Arc<str>, Arc<CachedObject>);
 
 /// The resource version a watch asked for is older than the retained history.
 #[derive(Debug)]
@@ -148,12 +211,7 @@ impl Cache {
 
     /// Objects under `prefix` (sorted by key), starting after `after`, and the revision they
     /// are current at.
-    pub fn snapshot(
-        &self,
-        res: &Resource,
-        prefix: &str,
-        after: Option<&str>,
-    ) -> (Vec<(String, Arc<Value>)>, i64) {
+    pub fn snapshot(&self, res: &Resource, prefix: &str, after: Option<&str>) -> (Vec<Keyed>, i64) {
         let st = lock(&self.states[Self::index(res)]);
         let range = match after {
             Some(a) => {
@@ -165,18 +223,18 @@ impl Cache {
         };
         let items = range
             .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| (k.clone(), Arc::clone(v)))
+            .map(|(k, v)| (Arc::clone(k), Arc::clone(v)))
             .collect();
         (items, st.rev)
     }
 
     /// Current object at `key`, if cached.
-    pub fn get(&self, res: &Resource, key: &str) -> Option<Arc<Value>> {
+    pub fn get(&self, res: &Resource, key: &str) -> Option<Arc<CachedObject>> {
         lock(&self.states[Self::index(res)]).items.get(key).cloned()
     }
 
     /// Every live object of `res` (for background loops such as namespace finalization).
-    pub fn all(&self, res: &Resource) -> Vec<Arc<Value>> {
+    pub fn all(&self, res: &Resource) -> Vec<Arc<CachedObject>> {
         lock(&self.states[Self::index(res)]).items.values().cloned().collect()
     }
 
@@ -195,18 +253,12 @@ impl Cache {
                 .items
                 .iter()
                 .map(|(k, v)| {
-                    let rev = v
-                        .pointer("/metadata/resourceVersion")
-                        .and_then(Value::as_str)
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or(0);
                     Arc::new(Event {
-                        rev,
+                        rev: v.rev(),
                         ty: EventType::Added,
-                        key: k.clone(),
+                        key: Arc::clone(k),
                         obj: Arc::clone(v),
                         prev: None,
-                        json: std::sync::OnceLock::new(),
                     })
                 })
                 .collect(),
@@ -228,27 +280,27 @@ impl Cache {
     fn apply(&self, ty_put: bool, kv: &Stored, prev: Option<&Stored>, rev: i64) {
         let Some(idx) = self.index_of_key(&kv.key) else { return };
         let mut st = lock(&self.states[idx]);
-        let (ty, obj, prev_obj) = if ty_put {
-            let Some(obj) = decode(kv) else { return };
-            let obj = Arc::new(obj);
-            let old = st.items.insert(kv.key.clone(), Arc::clone(&obj));
+        let decoded =
+            |kv: &Stored| CachedObject::from_stored(&kv.value, kv.mod_revision).map(Arc::new);
+        let (ty, key, obj, prev_obj) = if ty_put {
+            let Some(obj) = decoded(kv) else { return };
+            let key: Arc<str> = Arc::from(kv.key.as_str());
+            let old = st.items.insert(Arc::clone(&key), Arc::clone(&obj));
             let ty = if old.is_some() { EventType::Modified } else { EventType::Added };
-            (ty, obj, old.or_else(|| prev.and_then(decode).map(Arc::new)))
+            (ty, key, obj, old.or_else(|| prev.and_then(decoded)))
         } else {
-            let old = st.items.remove(&kv.key).or_else(|| prev.and_then(decode).map(Arc::new));
-            let Some(old) = old else { return };
-            let mut last = (*old).clone();
+            let (key, old) = match st.items.remove_entry(kv.key.as_str()) {
+                Some((k, v)) => (k, v),
+                None => match prev.and_then(decoded) {
+                    Some(v) => (Arc::from(kv.key.as_str()), v),
+                    None => return,
+                },
+            };
+            let mut last = old.value().clone();
             set_rv(&mut last, rev);
-            (EventType::Deleted, Arc::new(last), Some(old))
+            (EventType::Deleted, key, Arc::new(CachedObject::new(last)), Some(old))
         };
-        let ev = Arc::new(Event {
-            rev,
-            ty,
-            key: kv.key.clone(),
-            obj,
-            prev: prev_obj,
-            json: std::sync::OnceLock::new(),
-        });
+        let ev = Arc::new(Event { rev, ty, key, obj, prev: prev_obj });
         st.history.push_back(Arc::clone(&ev));
         while st.history.len() > self.history {
             if let Some(old) = st.history.pop_front() {
@@ -285,23 +337,20 @@ impl Cache {
         }
         for (i, s) in self.states.iter().enumerate() {
             let new = fresh.remove(&i).unwrap_or_default();
-            let gone: Vec<String> =
-                lock(s).items.keys().filter(|k| !new.contains_key(*k)).cloned().collect();
+            let gone: Vec<String> = lock(s)
+                .items
+                .keys()
+                .filter(|k| !new.contains_key(&***k))
+                .map(ToString::to_string)
+                .collect();
             for k in gone {
                 let stub =
                     Stored { key: k, value: Vec::new(), mod_revision: rev, create_revision: 0 };
                 self.apply(false, &stub, None, rev);
             }
             for kv in new.values() {
-                let unchanged = lock(s)
-                    .items
-                    .get(&kv.key)
-                    .and_then(|v| {
-                        v.pointer("/metadata/resourceVersion")
-                            .and_then(Value::as_str)
-                            .map(|r| r == kv.mod_revision.to_string())
-                    })
-                    .unwrap_or(false);
+                let unchanged =
+                    lock(s).items.get(kv.key.as_str()).is_some_and(|v| v.rev() == kv.mod_revision);
                 if !unchanged {
                     self.apply(true, kv, None, kv.mod_revision);
                 }
@@ -421,5 +470,33 @@ impl Cache {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_objects_serve_the_stored_bytes_with_their_resource_version() {
+        let stored = br#"{"kind":"Pod","metadata":{"name":"p","labels":{"a":"b"}},"spec":{}}"#;
+        let obj = CachedObject::from_stored(stored, 9).expect("json");
+        assert_eq!(obj.rev(), 9);
+        assert_eq!(
+            obj.json().as_ref(),
+            br#"{"kind":"Pod","metadata":{"name":"p","labels":{"a":"b"},"resourceVersion":"9"},"spec":{}}"#
+        );
+        assert_eq!(obj.pointer("/metadata/resourceVersion"), Some(&Value::from("9")));
+
+        // A shape the splice declines is decoded and re-encoded instead.
+        let pretty = b"{\n  \"metadata\": {\"name\": \"q\", \"resourceVersion\": \"1\"}\n}";
+        let obj = CachedObject::from_stored(pretty, 10).expect("json");
+        assert_eq!(obj.json().as_ref(), br#"{"metadata":{"name":"q","resourceVersion":"10"}}"#);
+
+        assert!(CachedObject::from_stored(b"{not json", 11).is_none());
+        assert_eq!(
+            CachedObject::new(serde_json::json!({"metadata": {"resourceVersion": "12"}})).rev(),
+            12
+        );
     }
 }

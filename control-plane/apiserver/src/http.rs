@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::{AuditEntry, AuditLog};
 use crate::auth::{self, Tokens, User};
+use crate::cache::CachedObject;
 use crate::codec::{self, ResponseFormat};
 use crate::metrics::{LatencyLabels, Metrics, RequestLabels};
 use crate::patch::PatchType;
@@ -212,6 +213,24 @@ pub fn render_object(res: &Resource, obj: &Value, fmt: ResponseFormat, include: 
             partial_metadata(obj)
         }
         _ => obj.clone(),
+    }
+}
+
+/// An object response in the negotiated form; JSON and YAML encode `obj` itself (no copy).
+fn object_response(
+    code: u16,
+    res: &Resource,
+    obj: &Value,
+    fmt: ResponseFormat,
+    include: &str,
+) -> Response<Body> {
+    match fmt {
+        ResponseFormat::Table
+        | ResponseFormat::PartialObjectMetadata
+        | ResponseFormat::PartialObjectMetadataList => {
+            formatted(code, &render_object(res, obj, fmt, include), fmt)
+        }
+        _ => formatted(code, obj, fmt),
     }
 }
 
@@ -553,7 +572,7 @@ impl Server {
                 let body = match ctx.fmt {
                     ResponseFormat::Table => to_table(
                         res,
-                        &page.items.iter().map(AsRef::as_ref).collect::<Vec<_>>(),
+                        &page.items.iter().map(|i| i.value()).collect::<Vec<_>>(),
                         &lm,
                         &include,
                         true,
@@ -563,7 +582,7 @@ impl Server {
                         json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": lm, "items": page.items.iter().map(|i| partial_metadata(i)).collect::<Vec<_>>()})
                     }
                     ResponseFormat::Yaml => {
-                        let items: Vec<&Value> = page.items.iter().map(AsRef::as_ref).collect();
+                        let items: Vec<&Value> = page.items.iter().map(|i| i.value()).collect();
                         json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(), "metadata": lm, "items": items})
                     }
                     _ => return Ok(list_json(res, &lm, &page.items)),
@@ -636,7 +655,7 @@ impl Server {
                 }
                 check_type(res, &obj)?;
                 let created = reg.create(res, &ns, obj, &wctx).await?;
-                Ok(formatted(201, &render_object(res, &created, ctx.fmt, &include), ctx.fmt))
+                Ok(object_response(201, res, &created, ctx.fmt, &include))
             }
             "update" => {
                 let wctx = Self::write_ctx(ctx)?;
@@ -665,7 +684,7 @@ impl Server {
                             .is_none_or(str::is_empty),
                     )
                     .await?;
-                Ok(formatted(200, &render_object(res, &updated, ctx.fmt, &include), ctx.fmt))
+                Ok(object_response(200, res, &updated, ctx.fmt, &include))
             }
             "patch" => {
                 let mut wctx = Self::write_ctx(ctx)?;
@@ -733,7 +752,7 @@ impl Server {
                     }
                     Err(e) => return Err(e),
                 };
-                Ok(formatted(code, &render_object(res, &obj, ctx.fmt, &include), ctx.fmt))
+                Ok(object_response(code, res, &obj, ctx.fmt, &include))
             }
             "delete" => {
                 let wctx = Self::write_ctx(ctx)?;
@@ -754,11 +773,9 @@ impl Server {
                     dopts.grace_period = Some(g);
                 }
                 match reg.delete(res, &ns, &name, &dopts, &wctx).await? {
-                    Deleted::Pending(obj) => {
-                        Ok(formatted(200, &render_object(res, &obj, ctx.fmt, &include), ctx.fmt))
-                    }
+                    Deleted::Pending(obj) => Ok(object_response(200, res, &obj, ctx.fmt, &include)),
                     Deleted::Gone(obj) if res.kind == "Pod" => {
-                        Ok(formatted(200, &render_object(res, &obj, ctx.fmt, &include), ctx.fmt))
+                        Ok(object_response(200, res, &obj, ctx.fmt, &include))
                     }
                     Deleted::Gone(obj) => Ok(json_response(
                         200,
@@ -821,20 +838,19 @@ fn check_type(res: &Resource, obj: &Value) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// A JSON list written straight from the cached objects (no intermediate copy of the items,
-/// which for 10k pods costs more than the serialization itself).
-fn list_json(res: &Resource, list_meta: &Value, items: &[Arc<Value>]) -> Response<Body> {
-    let mut out = Vec::with_capacity(items.len() * 1024 + 256);
+/// A JSON list written by concatenating the cached objects' encodings: each object is
+/// encoded once (by the first list or watch event that needs it), not once per list.
+fn list_json(res: &Resource, list_meta: &Value, items: &[Arc<CachedObject>]) -> Response<Body> {
+    let encoded: Vec<&Bytes> = items.iter().map(|i| i.json()).collect();
+    let mut out = Vec::with_capacity(encoded.iter().map(|b| b.len() + 1).sum::<usize>() + 256);
     let head = json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(), "metadata": list_meta}).to_string();
     out.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
     out.extend_from_slice(b",\"items\":[");
-    for (i, item) in items.iter().enumerate() {
+    for (i, item) in encoded.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        if serde_json::to_writer(&mut out, &**item).is_err() {
-            out.extend_from_slice(b"null");
-        }
+        out.extend_from_slice(item);
     }
     out.extend_from_slice(b"]}");
     let mut r = Response::new(full(out));

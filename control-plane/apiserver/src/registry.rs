@@ -13,7 +13,7 @@ use skiff_api::selector::{FieldSelector, LabelSelector};
 use skiff_api::{Resource, Subresource, defaults, meta, resource, validate};
 
 use crate::alloc::{self, Ranges};
-use crate::cache::{Cache, decode, set_rv};
+use crate::cache::{Cache, CachedObject, Keyed, decode, set_rv};
 use crate::status::{self, ApiError};
 use crate::store::{Cmp, Op, Store, Stored};
 
@@ -66,7 +66,7 @@ pub struct ListOpts {
 
 /// One page of a list.
 pub struct ListPage {
-    pub items: Vec<Arc<Value>>,
+    pub items: Vec<Arc<CachedObject>>,
     pub rev: i64,
     pub continue_token: Option<String>,
     pub remaining: Option<usize>,
@@ -89,13 +89,15 @@ pub struct Registry {
 
 const CONSISTENT_READ_WAIT: Duration = Duration::from_secs(3);
 
-fn strip_for_storage(obj: &Value) -> Result<Vec<u8>, ApiError> {
-    let mut o = obj.clone();
-    if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+/// The stored encoding of an object: without `resourceVersion` (the key's mod revision is) and
+/// `selfLink`. Both are removed from `obj` itself; every caller sets the resourceVersion
+/// again from the write's revision before the object is seen.
+fn strip_for_storage(obj: &mut Value) -> Result<Vec<u8>, ApiError> {
+    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
         m.remove("resourceVersion");
         m.remove("selfLink");
     }
-    serde_json::to_vec(&o).map_err(ApiError::internal)
+    serde_json::to_vec(obj).map_err(ApiError::internal)
 }
 
 fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
@@ -193,7 +195,7 @@ impl Registry {
             || wanted == 0;
         let exact_needed =
             at_rev.is_some() || (opts.exact && opts.resource_version.is_some_and(|r| r > 0));
-        let (candidates, rev): (Vec<(String, Arc<Value>)>, i64) =
+        let (candidates, rev): (Vec<Keyed>, i64) =
             if cache_ok && (!exact_needed || self.cache.resource_revision(res) == wanted) {
                 self.cache.snapshot(res, &prefix, after.as_deref())
             } else {
@@ -210,7 +212,9 @@ impl Registry {
                     })?;
                 let items = items
                     .iter()
-                    .filter_map(|kv| Some((kv.key.clone(), Arc::new(decode(kv)?))))
+                    .filter_map(|kv| {
+                        Some((Arc::from(kv.key.as_str()), Arc::new(CachedObject::new(decode(kv)?))))
+                    })
                     .collect();
                 (items, if exact_needed { wanted } else { rev })
             };
@@ -218,7 +222,9 @@ impl Registry {
         let mut continue_token_out = None;
         let mut remaining = None;
         let limit = opts.limit.filter(|l| *l > 0);
-        let mut iter = candidates.iter().filter(|(_, v)| matches(opts, v));
+        // Without selectors the objects are not looked into (nor decoded).
+        let select_all = opts.labels.0.is_empty() && opts.fields.0.is_empty();
+        let mut iter = candidates.iter().filter(|(_, v)| select_all || matches(opts, v));
         for (key, v) in iter.by_ref() {
             items.push(Arc::clone(v));
             if limit.is_some_and(|l| items.len() >= l) {
@@ -242,10 +248,9 @@ impl Registry {
             .ok_or_else(|| ApiError::internal("no namespaces resource"))?;
         // The cached namespace answers at once; the store is asked only when the cache has
         // not seen it (just created through another master).
-        let cached = self.cache.get(nsres, &nsres.key("", ns)).map(|n| (*n).clone());
-        let found = match cached {
+        let found = match self.cache.get(nsres, &nsres.key("", ns)) {
             Some(n) => Ok(n),
-            None => self.get(nsres, "", ns).await,
+            None => self.get(nsres, "", ns).await.map(|v| Arc::new(CachedObject::new(v))),
         };
         match found {
             Ok(n) if n.pointer("/metadata/deletionTimestamp").is_some_and(|d| !d.is_null()) => {
@@ -348,16 +353,18 @@ impl Registry {
             }
             return Ok(obj);
         }
+        let allocates = res.kind == "Service" && res.group.is_empty();
         for _attempt in 0..16 {
-            let mut candidate = obj.clone();
-            let (guards, extra) = if res.kind == "Service" && res.group.is_empty() {
+            // Only a Service needs the request's object again (to retry its allocation).
+            let mut candidate = if allocates { obj.clone() } else { std::mem::take(&mut obj) };
+            let (guards, extra) = if allocates {
                 self.allocate(res, &mut candidate, &key, None)?
             } else {
                 (Vec::new(), Vec::new())
             };
             let mut all_guards = vec![Cmp::Absent(key.clone())];
             all_guards.extend(guards);
-            let mut ops = vec![Op::Put(key.clone(), strip_for_storage(&candidate)?)];
+            let mut ops = vec![Op::Put(key.clone(), strip_for_storage(&mut candidate)?)];
             ops.extend(extra);
             let (ok, rev) = self.store.txn(&all_guards, &ops).await?;
             if ok {
@@ -366,6 +373,10 @@ impl Registry {
             }
             if self.store.get(&key).await?.0.is_some() {
                 return Err(ApiError::already_exists(res, &name));
+            }
+            if !allocates {
+                obj = candidate;
+                continue;
             }
             // An allocation raced; explicit ones are errors, random ones are retried.
             if candidate.pointer("/spec/clusterIP") == obj.pointer("/spec/clusterIP")
@@ -713,7 +724,7 @@ impl Registry {
         };
         let mut all = vec![Cmp::ModRevision(key.to_owned(), old_rev)];
         all.extend(guards);
-        let mut ops = vec![Op::Put(key.to_owned(), strip_for_storage(&new)?)];
+        let mut ops = vec![Op::Put(key.to_owned(), strip_for_storage(&mut new)?)];
         ops.extend(extra);
         let (ok, rev) = self.store.txn(&all, &ops).await?;
         if !ok {
@@ -889,7 +900,7 @@ impl Registry {
                 m.insert("deletionGracePeriodSeconds".to_owned(), json!(0));
                 pending = Some(n);
             }
-            if let Some(n) = pending {
+            if let Some(mut n) = pending {
                 if ctx.dry_run {
                     return Ok(Deleted::Pending(n));
                 }
@@ -897,11 +908,10 @@ impl Registry {
                     .store
                     .txn(
                         &[Cmp::ModRevision(key.clone(), old_rev)],
-                        &[Op::Put(key.clone(), strip_for_storage(&n)?)],
+                        &[Op::Put(key.clone(), strip_for_storage(&mut n)?)],
                     )
                     .await?;
                 if ok {
-                    let mut n = n;
                     set_rv(&mut n, rev);
                     return Ok(Deleted::Pending(n));
                 }
@@ -1082,7 +1092,7 @@ impl Registry {
                 .store
                 .txn(
                     &[Cmp::ModRevision(key.clone(), old_rev)],
-                    &[Op::Put(key.clone(), strip_for_storage(&new)?)],
+                    &[Op::Put(key.clone(), strip_for_storage(&mut new)?)],
                 )
                 .await?;
             if ok {

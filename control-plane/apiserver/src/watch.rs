@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use skiff_api::Resource;
 use tokio::sync::{broadcast, mpsc};
 
-use crate::cache::{Event, EventType};
+use crate::cache::{CachedObject, Event, EventType};
 use crate::codec::ResponseFormat;
 use crate::http::{Body, Query, Server, render_object, to_table};
 use crate::registry::ListOpts;
@@ -61,10 +61,11 @@ struct Stream {
 }
 
 impl Stream {
-    fn matches(&self, key: &str, obj: &Value) -> bool {
+    fn matches(&self, key: &str, obj: &CachedObject) -> bool {
+        // Without selectors the object is not looked into (nor decoded).
         key.starts_with(&self.prefix)
-            && self.opts.labels.matches_object(obj)
-            && self.opts.fields.matches(obj)
+            && (self.opts.labels.0.is_empty() || self.opts.labels.matches_object(obj))
+            && (self.opts.fields.0.is_empty() || self.opts.fields.matches(obj))
     }
 
     fn render(&mut self, obj: &Value) -> Value {
@@ -110,7 +111,7 @@ impl Stream {
         self.last_rev = self.last_rev.max(ev.rev);
         if self.fmt == ResponseFormat::Json || self.fmt == ResponseFormat::Yaml {
             // The common case: splice the shared serialization into the event line.
-            let obj = ev.obj_json();
+            let obj = ev.obj.json();
             let mut event_line = Vec::with_capacity(obj.len() + 32);
             event_line.extend_from_slice(b"{\"type\":\"");
             event_line.extend_from_slice(ty.as_bytes());

@@ -176,6 +176,40 @@ pub(crate) fn tracked(object: &Value, subresource: Option<&str>) -> Map<String, 
     out
 }
 
+/// `set_of_map(&tracked(object, subresource), node)` without copying the object.
+pub(crate) fn tracked_set(object: &Value, subresource: Option<&str>, node: Node) -> FieldSet {
+    let Value::Object(map) = object else {
+        return FieldSet::new();
+    };
+    let mut set = FieldSet::new();
+    for (key, value) in map {
+        let owned = match subresource {
+            Some("status") => key == "status",
+            _ => key != "status" && key != "apiVersion" && key != "kind",
+        };
+        if !owned {
+            continue;
+        }
+        match value {
+            Value::Object(metadata) if key == "metadata" => {
+                let kept: Map<String, Value> = metadata
+                    .iter()
+                    .filter(|(k, _)| !SERVER_METADATA.contains(&k.as_str()))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                if !kept.is_empty() {
+                    set.insert_child(
+                        "f:metadata".to_owned(),
+                        set_of_field(node, key, &Value::Object(kept)),
+                    );
+                }
+            }
+            _ => set.insert_child(format!("f:{key}"), set_of_field(node, key, value)),
+        }
+    }
+    set
+}
+
 /// The key element (`k:{"name":"nginx"}`) of a keyed-list element, keys in sorted order; `None`
 /// if the element lacks a key (the list is then treated as atomic).
 pub(crate) fn key_element(item: &Value, keys: &[&str]) -> Option<String> {
@@ -371,10 +405,9 @@ pub fn update_managed_fields(
         return Err(bad("the object is not a JSON object"));
     }
     let node = Node::for_object(new);
-    let new_tracked = tracked(new, subresource);
     let (changed, removed) = match old {
-        Some(old) => diff_maps(&tracked(old, subresource), &new_tracked, node),
-        None => (set_of_map(&new_tracked, node), FieldSet::new()),
+        Some(old) => diff_maps(&tracked(old, subresource), &tracked(new, subresource), node),
+        None => (tracked_set(new, subresource, node), FieldSet::new()),
     };
     let mut entries = match requested_entries(new) {
         Some(entries) => entries,
@@ -388,9 +421,11 @@ pub fn update_managed_fields(
     }
     let position = entries.iter().position(|e| e.is(manager, operation, subresource));
     let before = position.map(|i| entries[i].set.clone()).unwrap_or_default();
-    let after = match operation {
-        Operation::Apply => set_of_map(&new_tracked, node),
-        Operation::Update => {
+    let after = match (operation, position) {
+        (Operation::Apply, _) => tracked_set(new, subresource, node),
+        // A manager's first write (every create): its set is just what the write changed.
+        (Operation::Update, None) if removed.is_empty() => changed,
+        (Operation::Update, _) => {
             let mut s = before.clone();
             s.union_with(&changed);
             s.difference(&removed)
@@ -421,6 +456,28 @@ mod tests {
 
     const T1: &str = "2026-01-01T00:00:00Z";
     const T2: &str = "2026-01-02T00:00:00Z";
+
+    #[test]
+    fn tracked_set_matches_the_set_of_the_tracked_copy() {
+        let objects = [
+            json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","namespace":"d","uid":"u","labels":{"a":"b"}},
+                "spec":{"containers":[{"name":"c","image":"i","ports":[{"containerPort":80}]}]},"status":{"phase":"Pending"}}),
+            json!({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c","resourceVersion":"3"},"data":{"k":"v"}}),
+            json!({"kind":"X","metadata":"not an object","spec":{}}),
+            json!({"metadata":{"name":"only-server-fields","generation":1},"status":{"x":[1,2]}}),
+            json!([1, 2]),
+        ];
+        for object in &objects {
+            let node = Node::for_object(object);
+            for sub in [None, Some("status"), Some("scale")] {
+                assert_eq!(
+                    tracked_set(object, sub, node),
+                    set_of_map(&tracked(object, sub), node),
+                    "{object} {sub:?}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn create_then_update_transfers_ownership() {
