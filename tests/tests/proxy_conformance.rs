@@ -20,8 +20,8 @@ use skiff_agent::proxy::source::{Object, parse_objects};
 use skiff_agent::proxy::tracker::ServiceTracker;
 use skiff_agent::proxy::{Proxier, SyncReport};
 use skiff_e2e::dataplane::{
-    BACKEND_PORT, CLIENT_IP, NODE_CLIENT_SIDE, NODE_REMOTE_SIDE, REMOTE_BACKEND_IP, Topology,
-    backend_ip,
+    BACKEND_PORT, CLIENT_IP, NODE_CLIENT_SIDE, NODE_REMOTE_SIDE, Proc, REMOTE_BACKEND_IP, Topology,
+    agent_binary, backend_ip,
 };
 use skiff_e2e::{privileged, unique_tag, wait};
 
@@ -705,6 +705,64 @@ fn ebpf_nodeport_maglev_follows_the_table() {
         *seen.entry(want).or_insert(0) += 1;
     }
     assert!(seen.len() > 1, "flows spread over backends: {seen:?}");
+}
+
+/// eBPF only: the `skiff-agent proxy` binary adopts a pinned data plane, answers `/healthz`,
+/// and on SIGTERM exits 0 leaving the data plane programmed (maps and links are pinned).
+#[test]
+fn ebpf_agent_binary_stops_on_sigterm_and_keeps_the_data_plane() {
+    let name = "ebpf_agent_binary_stops_on_sigterm_and_keeps_the_data_plane";
+    if !privileged::privileged(name) {
+        return;
+    }
+    let mut h = Harness::new(Mode::Ebpf, 2, LbMapSizes::default()).expect("topology");
+    let services = [svc("web", [10, 96, 0, 10], &[0, 1])];
+    h.sync(&services).unwrap();
+    // The binary takes over, as after an agent restart: the library proxier goes, no cleanup.
+    h.backend = None;
+    h.nodeport.clear();
+    let source =
+        TempFile(std::env::temp_dir().join(format!("skiff-test-{}-services.json", h.topo.tag)));
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": objects(&services)});
+    std::fs::write(&source.0, serde_json::to_vec(&list).unwrap()).unwrap();
+    let port = skiff_e2e::free_port().unwrap();
+    let child = std::process::Command::new(agent_binary().unwrap())
+        .args(["proxy", "--mode", "ebpf", "--source"])
+        .arg(&source.0)
+        .arg("--pin-root")
+        .arg(&h.pin_root)
+        .arg("--cgroup")
+        .arg(&h.topo.cgroup.path)
+        .args(["--healthz", &format!("127.0.0.1:{port}"), "--node", "node"])
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut agent = Proc::new(child);
+    wait::until("the agent's /healthz", Duration::from_secs(20), || {
+        Ok(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())
+    })
+    .unwrap();
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(agent.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut status = None;
+    wait::until("the agent to exit", Duration::from_secs(10), || {
+        status = agent.try_wait()?;
+        Ok(status.is_some())
+    })
+    .unwrap();
+    assert!(status.is_some_and(|s| s.success()), "exit status {status:?}");
+    let c = counts(&h.tcp(VIP, 20).unwrap());
+    assert!(c.keys().all(|b| b == "b0" || b == "b1") && c.len() == 2, "still balanced: {c:?}");
+}
+
+/// A file removed on drop.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 #[test]
