@@ -756,6 +756,30 @@ fn ebpf_agent_binary_stops_on_sigterm_and_keeps_the_data_plane() {
     assert!(c.keys().all(|b| b == "b0" || b == "b1") && c.len() == 2, "still balanced: {c:?}");
 }
 
+/// eBPF only (kube-proxy no longer holds NodePort sockets open since 1.25, so iptables mode
+/// lets such a bind succeed): binding a NodePort on a node address or the wildcard address
+/// fails with EADDRINUSE, TCP and UDP, and is counted; other ports and addresses bind.
+#[test]
+fn ebpf_bind_to_a_node_port_is_refused() {
+    let name = "ebpf_bind_to_a_node_port_is_refused";
+    if !privileged::privileged(name) {
+        return;
+    }
+    let mut h = Harness::new(Mode::Ebpf, 2, LbMapSizes::default()).expect("topology");
+    h.sync(&[svc("web", [10, 96, 0, 10], &[0, 1])]).unwrap();
+    let probe = h.topo.node_probe().unwrap();
+    for cmd in ["bind", "bindudp"] {
+        for ip in ["0.0.0.0".to_owned(), NODE_CLIENT_SIDE.to_string()] {
+            let answer = probe.cmd(&format!("{cmd} {ip} {NODE_PORT}")).unwrap();
+            assert_eq!(answer, "err AddrInUse", "{cmd} {ip}:{NODE_PORT}");
+        }
+        assert_eq!(probe.cmd(&format!("{cmd} 0.0.0.0 30999")).unwrap(), "ok bound", "{cmd}");
+        assert_eq!(probe.cmd(&format!("{cmd} 127.0.0.1 {NODE_PORT}")).unwrap(), "ok bound");
+    }
+    let m = h.metrics();
+    assert!(m.contains("skiff_lb_program_total{counter=\"nodeport_bind_refused\"} 4"), "{m}");
+}
+
 /// A file removed on drop.
 struct TempFile(PathBuf);
 

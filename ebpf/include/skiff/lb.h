@@ -117,7 +117,8 @@ enum lb_stat {
 	LB_STAT_NODEPORT_NEW = 7, /* tc: new NodePort flows */
 	LB_STAT_SNAT = 8, /* tc: SNAT ports chosen (flows to backends on other nodes) */
 	LB_STAT_SNAT_FAIL = 9, /* tc: no free SNAT port found: packet dropped */
-	LB_STAT_MAX = 10,
+	LB_STAT_BIND_REFUSED = 10, /* post_bind4: bind to a NodePort refused */
+	LB_STAT_MAX = 11,
 };
 
 enum lb_event_kind {
