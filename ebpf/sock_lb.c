@@ -244,9 +244,11 @@ static __always_inline int xlate_rev(struct bpf_sock_addr *ctx)
 	return SYS_PROCEED;
 }
 
-/* post_bind4: a socket bound to a NodePort on a node address (or on the wildcard address)
- * would never see its traffic (the socket and tc programs balance it to the backends first),
- * so the bind fails with EADDRINUSE, as if the NodePort were a socket of its own. */
+/* post_bind4: a socket bound to a NodePort on one of this node's addresses would never see its
+ * traffic (the socket and tc programs balance it to the backends first), so the bind fails
+ * with EADDRINUSE, as if the NodePort were a socket of its own. The wildcard address is let
+ * through: these hooks also run for pods, whose 0.0.0.0 is their own network namespace's
+ * (Cilium checks for the host namespace there; we have no cookie of it yet). */
 static __always_inline int nodeport_bind_guard(struct bpf_sock *ctx)
 {
 	struct lb4_svc_key key = {};
@@ -255,7 +257,7 @@ static __always_inline int nodeport_bind_guard(struct bpf_sock *ctx)
 
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
 		return SYS_PROCEED;
-	if (ip != 0 && !bpf_map_lookup_elem(&node_addrs4, &ip))
+	if (!bpf_map_lookup_elem(&node_addrs4, &ip))
 		return SYS_PROCEED;
 	key.port = bpf_htons((__u16)ctx->src_port); /* src_port is in host byte order */
 	key.proto = (__u8)proto;
