@@ -14,6 +14,9 @@
 
 #define SYS_REJECT 0
 #define SYS_PROCEED 1
+#ifndef EADDRINUSE
+#define EADDRINUSE 98
+#endif
 #ifndef ECONNREFUSED
 #define ECONNREFUSED 111
 #endif
@@ -106,6 +109,11 @@ static __always_inline struct lb4_svc_val *frontend(struct bpf_sock_addr *ctx, s
 	if (svc || !bpf_map_lookup_elem(&node_addrs4, &key->vip))
 		return svc;
 	key->vip = 0; /* a NodePort on one of this node's addresses */
+	key->scope = LB4_SCOPE_INTERNAL; /* eTP Local: clients on this node use every endpoint */
+	svc = bpf_map_lookup_elem(&svc4, key);
+	if (svc)
+		return svc;
+	key->scope = LB4_SCOPE_EXTERNAL;
 	return bpf_map_lookup_elem(&svc4, key);
 }
 
@@ -234,6 +242,36 @@ static __always_inline int xlate_rev(struct bpf_sock_addr *ctx)
 	ctx->user_port = (__u32)rv->port;
 	stat_inc(LB_STAT_REVNAT);
 	return SYS_PROCEED;
+}
+
+/* post_bind4: a socket bound to a NodePort on one of this node's addresses would never see its
+ * traffic (the socket and tc programs balance it to the backends first), so the bind fails
+ * with EADDRINUSE, as if the NodePort were a socket of its own. The wildcard address is let
+ * through: these hooks also run for pods, whose 0.0.0.0 is their own network namespace's
+ * (Cilium checks for the host namespace there; we have no cookie of it yet). */
+static __always_inline int nodeport_bind_guard(struct bpf_sock *ctx)
+{
+	struct lb4_svc_key key = {};
+	__be32 ip = ctx->src_ip4;
+	__u32 proto = ctx->protocol;
+
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return SYS_PROCEED;
+	if (!bpf_map_lookup_elem(&node_addrs4, &ip))
+		return SYS_PROCEED;
+	key.port = bpf_htons((__u16)ctx->src_port); /* src_port is in host byte order */
+	key.proto = (__u8)proto;
+	if (!bpf_map_lookup_elem(&svc4, &key))
+		return SYS_PROCEED;
+	stat_inc(LB_STAT_BIND_REFUSED);
+	bpf_set_retval(-EADDRINUSE);
+	return SYS_REJECT;
+}
+
+SEC("cgroup/post_bind4")
+int sock4_post_bind(struct bpf_sock *ctx)
+{
+	return nodeport_bind_guard(ctx);
 }
 
 SEC("cgroup/connect4")

@@ -60,6 +60,24 @@ pub const REMOTE_BACKEND_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 5, 11);
 /// TCP and UDP port of every backend server.
 pub const BACKEND_PORT: u16 = 8080;
 
+/// The `skiff-agent` binary of this checkout (`SKIFF_AGENT_BIN`, or built with `cargo build -p
+/// skiff-agent`, a no-op when it is up to date).
+pub fn agent_binary() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("SKIFF_AGENT_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().and_then(Path::parent).context("test binary has no target dir")?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let st = Command::new(cargo)
+        .args(["build", "--quiet", "-p", "skiff-agent", "--bin", "skiff-agent"])
+        .status()?;
+    if !st.success() {
+        bail!("building skiff-agent failed");
+    }
+    Ok(dir.join("skiff-agent"))
+}
+
 /// A test cgroup2 directory; removed on drop (after its processes are gone).
 #[derive(Debug)]
 pub struct TestCgroup {
@@ -87,6 +105,19 @@ impl Drop for TestCgroup {
 #[derive(Debug)]
 pub struct Proc {
     child: Child,
+}
+
+impl Proc {
+    pub fn new(child: Child) -> Self {
+        Proc { child }
+    }
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+    /// The exit status once the process has ended.
+    pub fn try_wait(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        Ok(self.child.try_wait()?)
+    }
 }
 
 impl Drop for Proc {

@@ -20,8 +20,8 @@ use skiff_agent::proxy::source::{Object, parse_objects};
 use skiff_agent::proxy::tracker::ServiceTracker;
 use skiff_agent::proxy::{Proxier, SyncReport};
 use skiff_e2e::dataplane::{
-    BACKEND_PORT, CLIENT_IP, NODE_CLIENT_SIDE, NODE_REMOTE_SIDE, REMOTE_BACKEND_IP, Topology,
-    backend_ip,
+    BACKEND_PORT, CLIENT_IP, NODE_CLIENT_SIDE, NODE_REMOTE_SIDE, Proc, REMOTE_BACKEND_IP, Topology,
+    agent_binary, backend_ip,
 };
 use skiff_e2e::{privileged, unique_tag, wait};
 
@@ -412,7 +412,7 @@ fn node_port_from_the_node_itself(h: &mut Harness) -> Result<()> {
 }
 
 /// `externalTrafficPolicy: Local`: NodePort traffic from outside reaches only the endpoints on
-/// this node; the ClusterIP still reaches all of them.
+/// this node; the ClusterIP, and the NodePort from the node itself, still reach all of them.
 fn external_traffic_policy_local(h: &mut Harness) -> Result<()> {
     let mut s = svc("web", [10, 96, 0, 10], &[0, 1, 2, 3]);
     s.external_local = true;
@@ -424,6 +424,11 @@ fn external_traffic_policy_local(h: &mut Harness) -> Result<()> {
     ensure!(spread.len() == 2, "both local endpoints used: {spread:?}");
     let all = counts(&h.tcp(VIP, 60)?);
     ensure!(all.len() == 4, "the ClusterIP uses every endpoint: {all:?}");
+    // A client on the node itself is not "external": the NodePort uses every endpoint (as
+    // kube-proxy's KUBE-EXT chain sends LOCAL-source traffic to the Service chain).
+    let words = h.topo.node_probe()?.ok(&format!("tcp {NODE_CLIENT_SIDE} {NODE_PORT} 60"))?;
+    let spread = counts(&words[0].split(',').map(str::to_owned).collect::<Vec<_>>());
+    ensure!(spread.len() == 4, "node-local NodePort clients use every endpoint: {spread:?}");
     Ok(())
 }
 
@@ -700,6 +705,90 @@ fn ebpf_nodeport_maglev_follows_the_table() {
         *seen.entry(want).or_insert(0) += 1;
     }
     assert!(seen.len() > 1, "flows spread over backends: {seen:?}");
+}
+
+/// eBPF only: the `skiff-agent proxy` binary adopts a pinned data plane, answers `/healthz`,
+/// and on SIGTERM exits 0 leaving the data plane programmed (maps and links are pinned).
+#[test]
+fn ebpf_agent_binary_stops_on_sigterm_and_keeps_the_data_plane() {
+    let name = "ebpf_agent_binary_stops_on_sigterm_and_keeps_the_data_plane";
+    if !privileged::privileged(name) {
+        return;
+    }
+    let mut h = Harness::new(Mode::Ebpf, 2, LbMapSizes::default()).expect("topology");
+    let services = [svc("web", [10, 96, 0, 10], &[0, 1])];
+    h.sync(&services).unwrap();
+    // The binary takes over, as after an agent restart: the library proxier goes, no cleanup.
+    h.backend = None;
+    h.nodeport.clear();
+    let source =
+        TempFile(std::env::temp_dir().join(format!("skiff-test-{}-services.json", h.topo.tag)));
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": objects(&services)});
+    std::fs::write(&source.0, serde_json::to_vec(&list).unwrap()).unwrap();
+    let port = skiff_e2e::free_port().unwrap();
+    let child = std::process::Command::new(agent_binary().unwrap())
+        .args(["proxy", "--mode", "ebpf", "--source"])
+        .arg(&source.0)
+        .arg("--pin-root")
+        .arg(&h.pin_root)
+        .arg("--cgroup")
+        .arg(&h.topo.cgroup.path)
+        .args(["--healthz", &format!("127.0.0.1:{port}"), "--node", "node"])
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut agent = Proc::new(child);
+    wait::until("the agent's /healthz", Duration::from_secs(20), || {
+        Ok(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())
+    })
+    .unwrap();
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(agent.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut status = None;
+    wait::until("the agent to exit", Duration::from_secs(10), || {
+        status = agent.try_wait()?;
+        Ok(status.is_some())
+    })
+    .unwrap();
+    assert!(status.is_some_and(|s| s.success()), "exit status {status:?}");
+    let c = counts(&h.tcp(VIP, 20).unwrap());
+    assert!(c.keys().all(|b| b == "b0" || b == "b1") && c.len() == 2, "still balanced: {c:?}");
+}
+
+/// eBPF only (kube-proxy no longer holds NodePort sockets open since 1.25, so iptables mode
+/// lets such a bind succeed): binding a NodePort on a node address fails with EADDRINUSE, TCP
+/// and UDP, and is counted; other ports, the wildcard and loopback bind.
+#[test]
+fn ebpf_bind_to_a_node_port_is_refused() {
+    let name = "ebpf_bind_to_a_node_port_is_refused";
+    if !privileged::privileged(name) {
+        return;
+    }
+    let mut h = Harness::new(Mode::Ebpf, 2, LbMapSizes::default()).expect("topology");
+    h.sync(&[svc("web", [10, 96, 0, 10], &[0, 1])]).unwrap();
+    let probe = h.topo.node_probe().unwrap();
+    for cmd in ["bind", "bindudp"] {
+        for ip in [NODE_CLIENT_SIDE, NODE_REMOTE_SIDE] {
+            let answer = probe.cmd(&format!("{cmd} {ip} {NODE_PORT}")).unwrap();
+            assert_eq!(answer, "err AddrInUse", "{cmd} {ip}:{NODE_PORT}");
+        }
+        assert_eq!(probe.cmd(&format!("{cmd} {NODE_CLIENT_SIDE} 30999")).unwrap(), "ok bound");
+        // The wildcard is a pod's own namespace's too: not guarded.
+        assert_eq!(probe.cmd(&format!("{cmd} 0.0.0.0 {NODE_PORT}")).unwrap(), "ok bound");
+        assert_eq!(probe.cmd(&format!("{cmd} 127.0.0.1 {NODE_PORT}")).unwrap(), "ok bound");
+    }
+    let m = h.metrics();
+    assert!(m.contains("skiff_lb_program_total{counter=\"nodeport_bind_refused\"} 4"), "{m}");
+}
+
+/// A file removed on drop.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf};
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+use aya::programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr};
 use aya::{Ebpf, EbpfLoader, Pod};
 
 use super::bpf::BpfError;
@@ -28,9 +28,13 @@ const OBJECT: &str = "sock_lb.o";
 /// Programs of `sock_lb.c`, by C function name.
 pub const SOCK_PROGRAMS: [&str; 4] =
     ["sock4_connect", "sock4_sendmsg", "sock4_recvmsg", "sock4_getpeername"];
+/// The `cgroup/post_bind4` program of `sock_lb.c` (a `CgroupSock`, not a `CgroupSockAddr`).
+pub const BIND_PROGRAM: &str = "sock4_post_bind";
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+/// `LB4_SCOPE_INTERNAL`: the node-local twin of an eTP Local NodePort frontend (all endpoints).
+pub const SCOPE_INTERNAL: u8 = 1;
 pub const SVC_FLAG_AFFINITY: u16 = 1;
 pub const SVC_FLAG_MAGLEV: u16 = 2;
 /// `LB4_MAGLEV_M`: entries of a Maglev row.
@@ -225,7 +229,7 @@ unsafe impl Pod for AffKey {}
 unsafe impl Pod for AffVal {}
 
 /// Counters of `enum lb_stat`, in index order.
-pub const LB_STATS: [&str; 10] = [
+pub const LB_STATS: [&str; 11] = [
     "connect_translated",
     "sendmsg_translated",
     "refused_no_endpoints",
@@ -236,6 +240,7 @@ pub const LB_STATS: [&str; 10] = [
     "nodeport_new_flows",
     "nodeport_snat",
     "nodeport_snat_no_port",
+    "nodeport_bind_refused",
 ];
 
 /// Map sizes (`max_entries`), from the agent's flags. Pinned maps keep the size they were
@@ -354,6 +359,12 @@ impl SockLb {
                 .map_err(|source| BpfError::Program { program: name, source })?;
             program.load().map_err(|source| BpfError::Program { program: name, source })?;
         }
+        let bind: &mut CgroupSock = ebpf
+            .program_mut(BIND_PROGRAM)
+            .ok_or(BpfError::Missing { object: OBJECT, what: "program", name: BIND_PROGRAM })?
+            .try_into()
+            .map_err(|source| BpfError::Program { program: BIND_PROGRAM, source })?;
+        bind.load().map_err(|source| BpfError::Program { program: BIND_PROGRAM, source })?;
         let svc = take(&mut ebpf, "svc4")?;
         let backends = take(&mut ebpf, "be4")?;
         let revnat = take(&mut ebpf, "revnat4")?;
@@ -414,30 +425,30 @@ impl SockLb {
             let fd: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| {
                 LbError::Link { path: links_dir.join(name), message: e.to_string() }
             })?;
-            let path = links_dir.join(name);
-            // Hold the old link by its fd (attached) while the new one takes over its pin.
-            let old = if path.exists() {
-                let pinned = PinnedLink::from_pin(&path)
-                    .map_err(|e| LbError::Link { path: path.clone(), message: e.to_string() })?;
-                Some(pinned.unpin().map_err(|source| LbError::Io {
-                    op: "unpin old link",
-                    path: path.clone(),
-                    source,
-                })?)
-            } else {
-                None
-            };
-            fd.pin(&path)
-                .map_err(|e| LbError::Link { path: path.clone(), message: e.to_string() })?;
-            // Dropping the last reference to the old link detaches it.
-            drop(old);
+            pin_replacing(fd, &links_dir.join(name))?;
         }
+        let name = BIND_PROGRAM;
+        let program: &mut CgroupSock = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(BpfError::Missing { object: OBJECT, what: "program", name })?
+            .try_into()
+            .map_err(|source| BpfError::Program { program: name, source })?;
+        let id = program
+            .attach(&cg, CgroupAttachMode::Single)
+            .map_err(|source| BpfError::Program { program: name, source })?;
+        let link =
+            program.take_link(id).map_err(|source| BpfError::Program { program: name, source })?;
+        let fd: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| {
+            LbError::Link { path: links_dir.join(name), message: e.to_string() }
+        })?;
+        pin_replacing(fd, &links_dir.join(name))?;
         Ok(())
     }
 
     /// Detaches the programs (removes the link pins). Maps stay pinned.
     pub fn detach(&mut self) -> Result<(), LbError> {
-        for name in SOCK_PROGRAMS {
+        for name in SOCK_PROGRAMS.into_iter().chain([BIND_PROGRAM]) {
             let path = self.pin_dir.join("links").join(name);
             if path.exists() {
                 unpin_link(&path)?;
@@ -601,6 +612,26 @@ pub fn unmount_bpffs(dir: &Path) -> Result<(), LbError> {
         path: dir.to_owned(),
         source: io::Error::from_raw_os_error(e as i32),
     })
+}
+
+/// Pins `link` at `path`, taking the place of a link an earlier agent pinned there: the old one
+/// is held by its fd (still attached) until the new one owns the pin, then dropped (detached).
+fn pin_replacing(link: FdLink, path: &Path) -> Result<(), LbError> {
+    let old = if path.exists() {
+        let pinned = PinnedLink::from_pin(path)
+            .map_err(|e| LbError::Link { path: path.to_owned(), message: e.to_string() })?;
+        Some(pinned.unpin().map_err(|source| LbError::Io {
+            op: "unpin old link",
+            path: path.to_owned(),
+            source,
+        })?)
+    } else {
+        None
+    };
+    link.pin(path).map_err(|e| LbError::Link { path: path.to_owned(), message: e.to_string() })?;
+    // Dropping the last reference to the old link detaches it.
+    drop(old);
+    Ok(())
 }
 
 /// Removes the pins of other map layouts under `pin_root` (`v<N>`, N != [`LB_LAYOUT`]): an

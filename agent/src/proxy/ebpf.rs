@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use crate::kernel::bpf_lb::{
     self, BACKEND_ACTIVE, BACKEND_F_REMOTE, BACKEND_TERMINATING, BackendVal, IPPROTO_TCP,
-    IPPROTO_UDP, LB_STATS, LbError, LbMapSizes, MAGLEV_M, MaglevRow, RevNat, SVC_FLAG_AFFINITY,
-    SVC_FLAG_MAGLEV, SockLb, SvcKey, SvcVal,
+    IPPROTO_UDP, LB_STATS, LbError, LbMapSizes, MAGLEV_M, MaglevRow, RevNat, SCOPE_INTERNAL,
+    SVC_FLAG_AFFINITY, SVC_FLAG_MAGLEV, SockLb, SvcKey, SvcVal,
 };
 
 use super::{
@@ -134,6 +134,19 @@ pub fn contribution(sp: &ServicePort, ids: &mut Ids) -> LbState {
         state
             .frontends
             .insert(key, FrontendState { svc_id, flags, affinity_s, slots: slots.clone() });
+    }
+    // eTP Local: clients on this node (socket LB on a node address) use every endpoint, as
+    // kube-proxy sends node-local traffic to the Service chain: an internal-scope twin of the
+    // NodePort frontend with all slots (the tc path looks up the external scope only).
+    if let (true, Some(np)) = (sp.external_local, sp.node_port) {
+        let key =
+            SvcKey { scope: SCOPE_INTERNAL, ..SvcKey::new(Ipv4Addr::UNSPECIFIED, np, proto, 0) };
+        let next = &mut ids.next_svc;
+        let svc_id = *ids.svc.entry(key).or_insert_with(|| {
+            *next += 1;
+            *next
+        });
+        state.frontends.insert(key, FrontendState { svc_id, flags, affinity_s, slots });
     }
     state
 }
@@ -1041,5 +1054,8 @@ mod tests {
         let local_id = part.backends.iter().find(|(_, b)| b.flags == 0).map(|(id, _)| *id);
         assert_eq!(part.frontends[&node_port].slots, local_id.into_iter().collect::<Vec<_>>());
         assert_eq!(part.frontends[&cluster_ip].slots.len(), 2, "ClusterIP: every endpoint");
+        let internal = SvcKey { scope: SCOPE_INTERNAL, ..node_port };
+        assert_eq!(part.frontends[&internal].slots.len(), 2, "node-local clients: every endpoint");
+        assert_ne!(part.frontends[&internal].svc_id, part.frontends[&node_port].svc_id);
     }
 }

@@ -4,6 +4,9 @@
 //! `externalTrafficPolicy: Local` Services, periodic conntrack-style GC of the
 //! socket reverse-NAT map, program events into `tracing`.
 //!
+//! SIGTERM or SIGINT ends the loop (exit 0); maps and links stay pinned, so the data plane
+//! keeps working and the next start adopts it.
+//!
 //! Also the measurement hooks the data-plane benchmark drives: `--churn N` toggles one endpoint
 //! N times after the first sync and reports each sync's latency and the process CPU time.
 
@@ -19,6 +22,8 @@ use crate::kernel::iptables::{Iptables, IptablesBackend};
 use super::ebpf::{EbpfConfig, EbpfProxier};
 use super::iptables::{IptablesConfig, IptablesProxier};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use super::tracker::ServiceTracker;
 use super::{DesiredState, Proxier, ProxyError, source};
@@ -158,6 +163,20 @@ fn churn_slices(tracker: &ServiceTracker) -> Option<(EndpointSlice, EndpointSlic
     Some((full, less))
 }
 
+/// Blocks SIGTERM and SIGINT for this thread (and the threads it starts) and returns a
+/// non-blocking signalfd that reports them.
+fn stop_signals() -> Result<SignalFd, ProxyError> {
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGTERM);
+    mask.add(Signal::SIGINT);
+    let io = |e: nix::Error| source::SourceError::Io {
+        what: "signal handling".into(),
+        source: std::io::Error::from_raw_os_error(e as i32),
+    };
+    mask.thread_block().map_err(io)?;
+    Ok(SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK).map_err(io)?)
+}
+
 /// `--churn`: each step changes one EndpointSlice (one endpoint removed, then back) and times
 /// the whole path an API event takes: tracker update, then the proxier's sync of what changed.
 fn churn(
@@ -210,6 +229,9 @@ pub fn run(cfg: &StandaloneConfig) -> Result<Option<RunReport>, ProxyError> {
         };
         return Ok(Some(report));
     }
+    // SIGTERM/SIGINT end the loop cleanly: blocked here (threads spawned below inherit the
+    // mask) and read from a signalfd once per round.
+    let signals = stop_signals()?;
     let state = Arc::new(Mutex::new((SystemTime::now(), proxier.get().metrics())));
     if let Some(addr) = cfg.healthz {
         let listener = TcpListener::bind(addr)
@@ -231,6 +253,13 @@ pub fn run(cfg: &StandaloneConfig) -> Result<Option<RunReport>, ProxyError> {
     let mut conntrack = ConntrackStats::default();
     loop {
         std::thread::sleep(Duration::from_millis(200));
+        if let Ok(Some(info)) = signals.read_signal() {
+            tracing::info!(
+                signal = info.ssi_signo,
+                "stopping; the data plane stays programmed (maps and links are pinned)"
+            );
+            return Ok(None);
+        }
         let now = mtime(&cfg.source);
         if now != seen {
             seen = now;

@@ -19,9 +19,16 @@ struct lb4_svc_key {
 	__be32 vip;
 	__be16 port;
 	__u8 proto; /* IPPROTO_TCP / IPPROTO_UDP */
-	__u8 scope; /* reserved, 0 */
+	__u8 scope; /* lb4_scope */
 	__u16 slot;
 	__u16 pad;
+};
+
+enum lb4_scope {
+	LB4_SCOPE_EXTERNAL = 0,
+	/* A NodePort (address 0) of an externalTrafficPolicy: Local Service for clients on this
+	 * node (socket LB): every endpoint, where the external frontend names only local ones. */
+	LB4_SCOPE_INTERNAL = 1,
 };
 
 enum lb4_svc_flags {
@@ -110,7 +117,8 @@ enum lb_stat {
 	LB_STAT_NODEPORT_NEW = 7, /* tc: new NodePort flows */
 	LB_STAT_SNAT = 8, /* tc: SNAT ports chosen (flows to backends on other nodes) */
 	LB_STAT_SNAT_FAIL = 9, /* tc: no free SNAT port found: packet dropped */
-	LB_STAT_MAX = 10,
+	LB_STAT_BIND_REFUSED = 10, /* post_bind4: bind to a NodePort refused */
+	LB_STAT_MAX = 11,
 };
 
 enum lb_event_kind {

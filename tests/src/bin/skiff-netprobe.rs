@@ -12,6 +12,8 @@
 //! - `udp IP PORT N`: N new unconnected sockets, one datagram each; `ok ID,... from=ADDR,...`
 //! - `udpconn IP PORT N`: one connected socket, N datagrams; `ok ID,... peer=ADDR`
 //! - `hold IP PORT`: opens a connection and keeps it; `ok INDEX ID`
+//! - `bind IP PORT` / `bindudp IP PORT`: binds a TCP listener / UDP socket and closes it;
+//!   `ok bound`
 //! - `ping INDEX`: a round trip on a held connection; `ok ECHO`
 
 use std::collections::BTreeSet;
@@ -241,6 +243,15 @@ fn run(
             }
             let peer = s.peer_addr().map_err(|e| kind(&e))?;
             Ok(format!("ok {} peer={peer}", ids.join(",")))
+        }
+        Some(cmd @ ("bind" | "bindudp")) => {
+            let (addr, _) = target(words)?;
+            if cmd == "bind" {
+                drop(TcpListener::bind(addr).map_err(|e| kind(&e))?);
+            } else {
+                drop(UdpSocket::bind(addr).map_err(|e| kind(&e))?);
+            }
+            Ok("ok bound".to_owned())
         }
         Some("hold") => {
             let (addr, _) = target(words)?;
