@@ -4,7 +4,7 @@
 //! Writes are grouped: a proposer task drains every request waiting in its queue into one raft
 //! entry (up to [`MAX_BATCH_OPS`] / [`MAX_BATCH_BYTES`]), with a few entries in flight so the
 //! next batch forms while the previous one replicates. On a follower the batch is forwarded to
-//! the leader in one RPC and the leader proposes it as one entry as it arrives. Linearizable reads are grouped the same way: one read-index round
+//! the leader in one RPC, where it joins the leader's queue. Linearizable reads are grouped the same way: one read-index round
 //! (a quorum heartbeat on the leader) serves every read that arrived before it started.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -419,16 +419,12 @@ impl Store {
         Ok(AdminResponse::Members(self.members()))
     }
 
-    /// A batch forwarded by a follower becomes one raft entry of its own at once. (It used to
-    /// join this replica's write queue, and so waited for one of the leader's in-flight slots:
-    /// a whole commit round added to every forwarded write, which is two thirds of them when
-    /// clients spread over the members.)
+    /// A batch forwarded by a follower: its writes join this replica's queue, so they share
+    /// the next raft entry with local writes and other followers' batches. (Proposing each
+    /// forwarded batch as its own entry at once was measured too: 3x the entries, one leader WAL
+    /// sync each, and slower at 64 clients; see docs/store.md.)
     pub(crate) async fn forwarded(&self, p: Proposal) -> Vec<Result<WriteResult, KvError>> {
-        let n = p.ops.len();
-        match self.inner.propose(p).await {
-            Ok(results) => results,
-            Err(e) => vec![Err(e); n],
-        }
+        futures::future::join_all(p.ops.into_iter().map(|op| self.write(op))).await
     }
 
     pub(crate) async fn read_index_local(&self) -> Result<u64, KvError> {
