@@ -3,7 +3,10 @@
  * Socket-level Service load balancing (cgroup sock_addr hooks): connect4 and sendmsg4 rewrite a
  * Service frontend (VIP:port) to a backend before the socket is connected or the datagram is
  * sent, so no packet is ever NATed; recvmsg4 and getpeername4 map the backend address back to the
- * VIP so applications only ever see the Service address. Map layout: skiff/lb.h.
+ * VIP so applications only ever see the Service address. A destination that is one of this
+ * node's addresses (node_addrs4, written by the agent) and matches no frontend is looked up as a
+ * NodePort (address 0): NodePort from pods and the node itself never reaches the tc programs.
+ * Map layout: skiff/lb.h.
  */
 #include "skiff/common.h"
 #include "skiff/lb.h"
@@ -11,6 +14,9 @@
 
 #define SYS_REJECT 0
 #define SYS_PROCEED 1
+#ifndef EADDRINUSE
+#define EADDRINUSE 98
+#endif
 #ifndef ECONNREFUSED
 #define ECONNREFUSED 111
 #endif
@@ -24,6 +30,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } revnat4 SEC(".maps");
+
+/* This node's addresses (NodePort addresses): address -> 1. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __be32);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} node_addrs4 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -42,25 +58,9 @@ struct {
 } affinity4 SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, LB_STAT_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} lb_stats SEC(".maps");
-
-struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 64 * 1024);
 } lb_events SEC(".maps");
-
-static __always_inline void stat_inc(__u32 which)
-{
-	__u64 *c = bpf_map_lookup_elem(&lb_stats, &which);
-
-	if (c)
-		*c += 1; /* per-CPU value: no other CPU writes it */
-}
 
 static __always_inline void emit(__u32 kind, const struct lb4_svc_key *key, __u32 svc_id, __s32 err)
 {
@@ -92,6 +92,8 @@ static __always_inline __u8 sock_proto(struct bpf_sock_addr *ctx)
 /* The frontend for ctx's destination, or NULL when it is not a Service. */
 static __always_inline struct lb4_svc_val *frontend(struct bpf_sock_addr *ctx, struct lb4_svc_key *key)
 {
+	struct lb4_svc_val *svc;
+
 	/* Narrow context loads of user_port are rejected: read the whole 32-bit word. */
 	volatile __u32 port = ctx->user_port;
 
@@ -103,6 +105,15 @@ static __always_inline struct lb4_svc_val *frontend(struct bpf_sock_addr *ctx, s
 	key->pad = 0;
 	if (!key->proto)
 		return NULL;
+	svc = bpf_map_lookup_elem(&svc4, key);
+	if (svc || !bpf_map_lookup_elem(&node_addrs4, &key->vip))
+		return svc;
+	key->vip = 0; /* a NodePort on one of this node's addresses */
+	key->scope = LB4_SCOPE_INTERNAL; /* eTP Local: clients on this node use every endpoint */
+	svc = bpf_map_lookup_elem(&svc4, key);
+	if (svc)
+		return svc;
+	key->scope = LB4_SCOPE_EXTERNAL;
 	return bpf_map_lookup_elem(&svc4, key);
 }
 
@@ -160,11 +171,11 @@ static __always_inline struct lb4_backend *pick(struct bpf_sock_addr *ctx, struc
 static __always_inline int xlate_fwd(struct bpf_sock_addr *ctx, __u32 stat)
 {
 	struct lb4_svc_key key;
+	__be32 vip = ctx->user_ip4; /* what the application asked for (a node address for NodePort) */
 	struct lb4_svc_val *svc = frontend(ctx, &key);
 	struct lb4_backend *be;
 	__u32 backend_id = 0;
 	__be16 vport = key.port;
-	__be32 vip = key.vip;
 
 	if (!svc)
 		return SYS_PROCEED;
@@ -220,9 +231,10 @@ static __always_inline int xlate_rev(struct bpf_sock_addr *ctx)
 
 	if (!rv)
 		return SYS_PROCEED;
-	/* The frontend may have gone (or its id been reused): translate only if it still matches. */
+	/* The frontend may have gone (or its id been reused): translate only if it still matches.
+	 * A NodePort frontend (address 0) stands for every node address. */
 	rn = bpf_map_lookup_elem(&revnat4, &rv->svc_id);
-	if (!rn || rn->vip != rv->vip || rn->port != rv->port) {
+	if (!rn || (rn->vip != rv->vip && rn->vip != 0) || rn->port != rv->port) {
 		bpf_map_delete_elem(&sock_revnat4, &rk);
 		return SYS_PROCEED;
 	}
@@ -230,6 +242,36 @@ static __always_inline int xlate_rev(struct bpf_sock_addr *ctx)
 	ctx->user_port = (__u32)rv->port;
 	stat_inc(LB_STAT_REVNAT);
 	return SYS_PROCEED;
+}
+
+/* post_bind4: a socket bound to a NodePort on one of this node's addresses would never see its
+ * traffic (the socket and tc programs balance it to the backends first), so the bind fails
+ * with EADDRINUSE, as if the NodePort were a socket of its own. The wildcard address is let
+ * through: these hooks also run for pods, whose 0.0.0.0 is their own network namespace's
+ * (Cilium checks for the host namespace there; we have no cookie of it yet). */
+static __always_inline int nodeport_bind_guard(struct bpf_sock *ctx)
+{
+	struct lb4_svc_key key = {};
+	__be32 ip = ctx->src_ip4;
+	__u32 proto = ctx->protocol;
+
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return SYS_PROCEED;
+	if (!bpf_map_lookup_elem(&node_addrs4, &ip))
+		return SYS_PROCEED;
+	key.port = bpf_htons((__u16)ctx->src_port); /* src_port is in host byte order */
+	key.proto = (__u8)proto;
+	if (!bpf_map_lookup_elem(&svc4, &key))
+		return SYS_PROCEED;
+	stat_inc(LB_STAT_BIND_REFUSED);
+	bpf_set_retval(-EADDRINUSE);
+	return SYS_REJECT;
+}
+
+SEC("cgroup/post_bind4")
+int sock4_post_bind(struct bpf_sock *ctx)
+{
+	return nodeport_bind_guard(ctx);
 }
 
 SEC("cgroup/connect4")

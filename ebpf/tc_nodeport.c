@@ -1,14 +1,29 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * Per-packet NodePort load balancing in tc (tcx), for traffic that does not start at a local
- * socket. `nodeport_in` (ingress of the node's external interface): a TCP/UDP packet to
- * NODE_IP:nodePort is matched against the NodePort frontends of svc4 (key address 0), a backend
- * is chosen once per flow and remembered in the ct4 LRU map, and the packet is DNATed to it.
- * `nodeport_reply` (egress of the same interface): replies of tracked flows get their source
- * rewritten back to NODE_IP:nodePort (reverse NAT) on the way out; rewriting them on ingress
- * would give a forwarded packet the node's own source address, which the stack drops. No SNAT: the backend's route
- * back to the client must pass this node (true in our topology; remote-node backends need SNAT,
- * not written yet). L3 and L4 checksums are fixed with the kernel helpers.
+ * socket. Both programs are attached to each node interface (ingress and egress), loaded once
+ * per interface with NODE_IP = that interface's address; they share every map.
+ *
+ * `nodeport_in` (ingress):
+ *  - a TCP/UDP packet to NODE_IP:nodePort is matched against the NodePort frontends of svc4
+ *    (key address 0); a backend is chosen once per flow and remembered in the ct4 LRU map
+ *    (CT_FORWARD), and the packet is DNATed to it. A new flow also records its reply tuple
+ *    (CT_REPLY) and, when the backend is on another node (LB4_BACKEND_F_REMOTE), a CT_SNAT
+ *    entry for the egress program. externalTrafficPolicy: Local frontends name only local
+ *    backends, so their flows are never SNATed and the backend sees the client address.
+ *  - a reply of an SNATed flow (to NODE_IP:snat port, CT_UNSNAT) gets its destination
+ *    rewritten back to the client; the stack then forwards it towards the client.
+ * `nodeport_out` (egress):
+ *  - a reply of a tracked flow (backend -> client, CT_REPLY) gets its source rewritten to
+ *    NODE_IP:nodePort (reverse NAT). On egress, not ingress: a forwarded packet with the
+ *    node's own source address would be dropped by the stack as martian.
+ *  - a forwarded packet of a flow with a CT_SNAT entry gets its source rewritten to
+ *    NODE_IP:port, NODE_IP being the address of the interface it leaves by. The port is chosen
+ *    on the flow's first packet from SNAT_PORT_MIN..SNAT_PORT_MAX so that (backend, NODE_IP,
+ *    port) is unique: the CT_UNSNAT entry is inserted with BPF_NOEXIST. The range lies above
+ *    Linux's default ephemeral ports (32768-60999), away from the node's own connections.
+ * L3 and L4 checksums are fixed with the kernel helpers. Entries are refreshed per packet and
+ * removed by the agent's GC after an idle time (or evicted by the LRU).
  */
 #include "skiff/common.h"
 #include "skiff/lb.h"
@@ -26,13 +41,24 @@ struct ct4_key {
 	__be16 sport;
 	__be16 dport;
 	__u8 proto;
-	__u8 flags; /* 0: forward (client -> node), 1: reply (backend -> client) */
+	__u8 flags; /* enum ct_dir */
 	__u16 pad;
 };
 
+enum ct_dir {
+	CT_FORWARD = 0, /* client -> NODE_IP:nodePort; value: backend */
+	CT_REPLY = 1, /* backend -> client; value: node address and nodePort to restore */
+	CT_SNAT = 2, /* client -> backend (after DNAT); value: SNAT address and port, 0 until chosen */
+	CT_UNSNAT = 3, /* backend -> SNAT address:port; value: client address and port */
+};
+
+#define SNAT_PORT_MIN 61000
+#define SNAT_PORT_MAX 65535
+#define SNAT_TRIES 32
+
 struct ct4_val {
-	__be32 addr; /* forward: backend address; reply: node address to restore */
-	__be16 port; /* forward: backend port; reply: nodePort to restore */
+	__be32 addr; /* see enum ct_dir */
+	__be16 port;
 	__u16 pad;
 	__u32 svc_id;
 	__u64 last_ns;
@@ -124,6 +150,33 @@ static __always_inline __u32 flow_hash(const struct flow *f)
 	return (__u32)h;
 }
 
+static __always_inline void ct_key(struct ct4_key *key, const struct flow *f, __u8 dir)
+{
+	key->saddr = f->saddr;
+	key->daddr = f->daddr;
+	key->sport = f->sport;
+	key->dport = f->dport;
+	key->proto = f->proto;
+	key->flags = dir;
+	key->pad = 0;
+}
+
+/* A reply to an SNATed flow (backend -> NODE_IP:snat port): destination back to the client. */
+static __always_inline int unsnat(struct __sk_buff *skb, const struct flow *f)
+{
+	struct ct4_key key = {};
+	struct ct4_val *ct;
+
+	ct_key(&key, f, CT_UNSNAT);
+	ct = bpf_map_lookup_elem(&ct4, &key);
+	if (!ct)
+		return SKIFF_TCX_NEXT;
+	ct->last_ns = bpf_ktime_get_ns();
+	if (rewrite(skb, f, IP_DST_OFF, f->daddr, ct->addr, offsetof(struct tcphdr, dest), f->dport, ct->port))
+		return SKIFF_TCX_DROP;
+	return SKIFF_TCX_NEXT;
+}
+
 static __always_inline int nodeport_forward(struct __sk_buff *skb)
 {
 	struct flow f = {};
@@ -135,17 +188,15 @@ static __always_inline int nodeport_forward(struct __sk_buff *skb)
 
 	if (parse(skb, &f) || f.daddr != NODE_IP)
 		return SKIFF_TCX_NEXT;
+	if (bpf_ntohs(f.dport) >= SNAT_PORT_MIN)
+		return unsnat(skb, &f); /* NodePorts are below 32768: never ambiguous */
 	sk.vip = 0;
 	sk.port = f.dport;
 	sk.proto = f.proto;
 	svc = bpf_map_lookup_elem(&svc4, &sk);
 	if (!svc)
 		return SKIFF_TCX_NEXT;
-	key.saddr = f.saddr;
-	key.daddr = f.daddr;
-	key.sport = f.sport;
-	key.dport = f.dport;
-	key.proto = f.proto;
+	ct_key(&key, &f, CT_FORWARD);
 	ct = bpf_map_lookup_elem(&ct4, &key);
 	if (ct) {
 		ct->last_ns = bpf_ktime_get_ns(); /* idle time for the agent's GC */
@@ -176,19 +227,49 @@ static __always_inline int nodeport_forward(struct __sk_buff *skb)
 		val.port = be->port;
 		val.svc_id = svc->id;
 		val.last_ns = bpf_ktime_get_ns();
-		bpf_map_update_elem(&ct4, &key, &val, BPF_ANY);
 		{
 			/* Reply direction: backend -> client, restore the node address and port. */
 			struct ct4_key rk = { .saddr = be->ip, .daddr = f.saddr, .sport = be->port, .dport = f.sport,
-					      .proto = f.proto, .flags = 1 };
+					      .proto = f.proto, .flags = CT_REPLY };
 			struct ct4_val rv = { .addr = f.daddr, .port = f.dport, .svc_id = svc->id, .last_ns = val.last_ns };
 
 			bpf_map_update_elem(&ct4, &rk, &rv, BPF_ANY);
 		}
+		if (be->flags & LB4_BACKEND_F_REMOTE) {
+			/* After DNAT: client -> backend; the egress program picks the SNAT port. */
+			struct ct4_key snk = { .saddr = f.saddr, .daddr = be->ip, .sport = f.sport, .dport = be->port,
+					       .proto = f.proto, .flags = CT_SNAT };
+			struct ct4_val snv = { .svc_id = svc->id, .last_ns = val.last_ns };
+
+			bpf_map_update_elem(&ct4, &snk, &snv, BPF_ANY);
+		}
+		bpf_map_update_elem(&ct4, &key, &val, BPF_ANY);
+		stat_inc(LB_STAT_NODEPORT_NEW);
 	}
 	if (rewrite(skb, &f, IP_DST_OFF, f.daddr, val.addr, offsetof(struct tcphdr, dest), f.dport, val.port))
 		return SKIFF_TCX_DROP;
 	return SKIFF_TCX_NEXT;
+}
+
+/* Chooses the SNAT port of a flow leaving by this interface: the first free one from a
+ * per-flow starting point, free meaning no other flow to the same backend uses
+ * (NODE_IP, port). Returns 0 when none was found. */
+static __always_inline __be16 snat_port(const struct flow *f, __u64 now)
+{
+	const __u32 range = SNAT_PORT_MAX - SNAT_PORT_MIN + 1;
+	struct ct4_key uk = { .saddr = f->daddr, .daddr = NODE_IP, .sport = f->dport, .proto = f->proto,
+			      .flags = CT_UNSNAT };
+	struct ct4_val uv = { .addr = f->saddr, .port = f->sport, .last_ns = now };
+	__u32 start = flow_hash(f);
+
+	for (__u32 i = 0; i < SNAT_TRIES; i++) {
+		__be16 port = bpf_htons((__u16)(SNAT_PORT_MIN + (start + i) % range));
+
+		uk.dport = port;
+		if (bpf_map_update_elem(&ct4, &uk, &uv, BPF_NOEXIST) == 0)
+			return port;
+	}
+	return 0;
 }
 
 static __always_inline int nodeport_reverse(struct __sk_buff *skb)
@@ -196,19 +277,36 @@ static __always_inline int nodeport_reverse(struct __sk_buff *skb)
 	struct flow f = {};
 	struct ct4_key key = {};
 	struct ct4_val *ct;
+	__u64 now;
 
 	if (parse(skb, &f))
 		return SKIFF_TCX_NEXT;
-	key.saddr = f.saddr;
-	key.daddr = f.daddr;
-	key.sport = f.sport;
-	key.dport = f.dport;
-	key.proto = f.proto;
-	key.flags = 1;
+	now = bpf_ktime_get_ns();
+	ct_key(&key, &f, CT_REPLY);
+	ct = bpf_map_lookup_elem(&ct4, &key);
+	if (ct) {
+		ct->last_ns = now;
+		if (rewrite(skb, &f, IP_SRC_OFF, f.saddr, ct->addr, offsetof(struct tcphdr, source), f.sport, ct->port))
+			return SKIFF_TCX_DROP;
+		return SKIFF_TCX_NEXT;
+	}
+	ct_key(&key, &f, CT_SNAT);
 	ct = bpf_map_lookup_elem(&ct4, &key);
 	if (!ct)
 		return SKIFF_TCX_NEXT;
-	ct->last_ns = bpf_ktime_get_ns();
+	ct->last_ns = now;
+	if (ct->addr != NODE_IP || !ct->port) {
+		/* First packet out (or the route moved to another interface): choose a port here. */
+		__be16 port = snat_port(&f, now);
+
+		if (!port) {
+			stat_inc(LB_STAT_SNAT_FAIL);
+			return SKIFF_TCX_DROP; /* every tried port is taken */
+		}
+		stat_inc(LB_STAT_SNAT);
+		ct->addr = NODE_IP;
+		ct->port = port;
+	}
 	if (rewrite(skb, &f, IP_SRC_OFF, f.saddr, ct->addr, offsetof(struct tcphdr, source), f.sport, ct->port))
 		return SKIFF_TCX_DROP;
 	return SKIFF_TCX_NEXT;
@@ -221,7 +319,7 @@ int nodeport_in(struct __sk_buff *skb)
 }
 
 SEC("classifier")
-int nodeport_reply(struct __sk_buff *skb)
+int nodeport_out(struct __sk_buff *skb)
 {
 	return nodeport_reverse(skb);
 }

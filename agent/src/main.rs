@@ -96,9 +96,24 @@ struct ProxyArgs {
     /// This node's address for NodePort traffic.
     #[arg(long, env = "SKIFF_NODE_IP")]
     node_ip: Option<std::net::Ipv4Addr>,
+    /// eBPF mode: further node interfaces as `IFACE=ADDRESS` (e.g. towards other nodes) that
+    /// get the tc programs too; NodePort flows to a backend on another node that leave by one
+    /// get its address as their source. Repeat or separate with commas.
+    #[arg(long, env = "SKIFF_PROXY_NODE_IFACES", value_delimiter = ',', value_parser = parse_iface)]
+    node_iface: Vec<(String, std::net::Ipv4Addr)>,
     /// NodePort flows idle this long are removed from the conntrack map.
     #[arg(long, env = "SKIFF_PROXY_CONNTRACK_IDLE_S", default_value_t = 3600)]
     conntrack_idle_s: u64,
+}
+
+/// `IFACE=ADDRESS` of `--node-iface`.
+fn parse_iface(s: &str) -> Result<(String, std::net::Ipv4Addr), String> {
+    let (iface, ip) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected IFACE=ADDRESS"))?;
+    if iface.is_empty() {
+        return Err(format!("{s:?}: empty interface name"));
+    }
+    let ip = ip.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    Ok((iface.to_owned(), ip))
 }
 
 fn main() -> ExitCode {
@@ -139,7 +154,7 @@ fn main() -> ExitCode {
         churn_interval: Duration::from_millis(a.churn_interval_ms),
         healthz: Some(a.healthz),
         gc_interval: Duration::from_secs(a.gc_interval_s),
-        nodeport: a.nodeport_iface.zip(a.node_ip),
+        nodeport: a.nodeport_iface.zip(a.node_ip).into_iter().chain(a.node_iface).collect(),
         conntrack_idle: Duration::from_secs(a.conntrack_idle_s),
     };
     let result =

@@ -173,6 +173,7 @@ fn check() -> Result<()> {
         pin_root: bpffs.pin_root(),
         cgroup: topo.cgroup.path.clone(),
         map_sizes: LbMapSizes::default(),
+        node_addresses: Vec::new(),
     };
     let mut ebpf = EbpfProxier::start(&config)?;
     let reached = ebpf

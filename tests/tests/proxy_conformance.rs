@@ -18,8 +18,11 @@ use skiff_agent::proxy::iptables::{IptablesConfig, IptablesProxier};
 use skiff_agent::proxy::maglev;
 use skiff_agent::proxy::source::{Object, parse_objects};
 use skiff_agent::proxy::tracker::ServiceTracker;
-use skiff_agent::proxy::{DesiredState, Proxier, SyncReport};
-use skiff_e2e::dataplane::{BACKEND_PORT, CLIENT_IP, NODE_CLIENT_SIDE, Topology, backend_ip};
+use skiff_agent::proxy::{Proxier, SyncReport};
+use skiff_e2e::dataplane::{
+    BACKEND_PORT, CLIENT_IP, NODE_CLIENT_SIDE, NODE_REMOTE_SIDE, Proc, REMOTE_BACKEND_IP, Topology,
+    agent_binary, backend_ip,
+};
 use skiff_e2e::{privileged, unique_tag, wait};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +84,14 @@ fn svc(name: &str, vip: [u8; 4], endpoints: &[usize]) -> Svc {
     }
 }
 
+/// Endpoint index of the backend on node2 (server `r0`), reached through the node's link to
+/// node2; every other index is a backend in the backend namespace.
+const REMOTE: usize = 99;
+
+fn endpoint_ip(i: usize) -> Ipv4Addr {
+    if i == REMOTE { REMOTE_BACKEND_IP } else { backend_ip(i) }
+}
+
 fn objects(services: &[Svc]) -> Vec<Value> {
     let mut out = Vec::new();
     for s in services {
@@ -114,8 +125,12 @@ fn objects(services: &[Svc]) -> Vec<Value> {
                         json!({"ready": false, "serving": true, "terminating": true})
                     }
                 };
-                let node = if s.local.contains(i) { "node" } else { "other-node" };
-                json!({"addresses": [backend_ip(*i).to_string()], "conditions": conditions, "nodeName": node})
+                let node = match i {
+                    &REMOTE => "node2",
+                    i if s.local.contains(i) => "node",
+                    _ => "other-node",
+                };
+                json!({"addresses": [endpoint_ip(*i).to_string()], "conditions": conditions, "nodeName": node})
             })
             .collect();
         out.push(json!({
@@ -129,29 +144,25 @@ fn objects(services: &[Svc]) -> Vec<Value> {
     out
 }
 
-fn desired(services: &[Svc]) -> Result<DesiredState> {
+fn parsed(services: &[Svc]) -> Result<Vec<Object>> {
     let text = serde_json::to_string(
         &json!({"apiVersion": "v1", "kind": "List", "items": objects(services)}),
     )?;
-    let mut tracker = ServiceTracker::new("node");
-    for obj in parse_objects(&text)? {
-        match obj {
-            Object::Service(s) => tracker.upsert_service(*s),
-            Object::EndpointSlice(s) => tracker.upsert_slice(*s),
-        }
-    }
-    Ok(tracker.desired())
+    Ok(parse_objects(&text)?)
 }
 
 struct Harness {
     mode: Mode,
-    /// eBPF mode: the tc NodePort programs on the node's interfaces.
-    nodeport: Option<TcNodePort>,
+    /// eBPF mode: the tc NodePort programs on the node's interfaces (towards the client, towards
+    /// node2).
+    nodeport: Vec<TcNodePort>,
     // Drop order: the proxier (its Drop below cleans up), then the topology.
     backend: Option<Backend>,
     topo: Topology,
     pin_root: PathBuf,
     sizes: LbMapSizes,
+    /// Kept across syncs, as in the agent: each sync hands the proxier only what changed.
+    tracker: ServiceTracker,
 }
 
 impl Harness {
@@ -166,7 +177,15 @@ impl Harness {
         let bpffs = std::env::temp_dir().join(format!("skiff-test-{tag}-bpf"));
         skiff_agent::kernel::bpf_lb::ensure_bpffs(&bpffs)?;
         let pin_root = bpffs.join("skiff");
-        let mut h = Harness { mode, nodeport: None, backend: None, topo, pin_root, sizes };
+        let mut h = Harness {
+            mode,
+            nodeport: Vec::new(),
+            backend: None,
+            topo,
+            pin_root,
+            sizes,
+            tracker: ServiceTracker::new("node"),
+        };
         h.start()?;
         Ok(h)
     }
@@ -177,6 +196,7 @@ impl Harness {
                 pin_root: self.pin_root.clone(),
                 cgroup: self.topo.cgroup.path.clone(),
                 map_sizes: self.sizes,
+                node_addresses: vec![NODE_CLIENT_SIDE, NODE_REMOTE_SIDE],
             })?)),
             Mode::Iptables => {
                 let ipt = Iptables::detect(Some(self.topo.node.name()))?;
@@ -188,14 +208,18 @@ impl Harness {
             }
         });
         // After the socket LB: its maps (sized from the flags) are the ones the tc programs adopt.
-        if self.mode == Mode::Ebpf && self.nodeport.is_none() {
-            let (pin_root, ext, sizes) =
-                (self.pin_root.clone(), self.topo.node_client_dev(), self.sizes);
-            self.nodeport = Some(
-                self.topo
+        if self.mode == Mode::Ebpf && self.nodeport.is_empty() {
+            for (dev, ip) in [
+                (self.topo.node_client_dev(), NODE_CLIENT_SIDE),
+                (self.topo.node_remote_dev(), NODE_REMOTE_SIDE),
+            ] {
+                let (pin_root, sizes) = (self.pin_root.clone(), self.sizes);
+                let np = self
+                    .topo
                     .node
-                    .run(move || TcNodePort::attach(&pin_root, sizes, NODE_CLIENT_SIDE, &ext))??,
-            );
+                    .run(move || TcNodePort::attach(&pin_root, sizes, ip, &dev))??;
+                self.nodeport.push(np);
+            }
         }
         Ok(())
     }
@@ -203,13 +227,16 @@ impl Harness {
     /// Drops the proxier without cleaning up, as an agent that exits, and starts a new one.
     fn restart(&mut self) -> Result<()> {
         self.backend = None;
-        self.nodeport = None;
+        self.nodeport.clear();
         self.start()
     }
 
     fn sync(&mut self, services: &[Svc]) -> Result<SyncReport> {
-        let d = desired(services)?;
-        Ok(self.backend.as_mut().context("started")?.proxier().sync(&d)?)
+        self.tracker.replace_all(parsed(services)?);
+        let changed = self.tracker.update();
+        ensure!(self.tracker.state() == &self.tracker.desired(), "incremental tracker state");
+        let proxier = self.backend.as_mut().context("started")?.proxier();
+        Ok(proxier.sync_changed(self.tracker.state(), &changed)?)
     }
 
     fn metrics(&mut self) -> String {
@@ -225,7 +252,7 @@ impl Harness {
 
 impl Drop for Harness {
     fn drop(&mut self) {
-        self.nodeport = None;
+        self.nodeport.clear();
         match self.backend.take() {
             Some(Backend::Ebpf(p)) => {
                 let _ = p.cleanup(&self.pin_root);
@@ -345,16 +372,16 @@ fn external_ip_is_balanced_like_the_cluster_ip(h: &mut Harness) -> Result<()> {
 fn node_port_from_outside(h: &mut Harness) -> Result<()> {
     h.sync(&[svc("web", [10, 96, 0, 10], &[0, 1, 2, 3])])?;
     let node = NODE_CLIENT_SIDE;
-    let words = h.topo.probe().ok(&format!("tcp {node} {NODE_PORT} 40"))?;
+    let words = h.topo.outside_probe()?.ok(&format!("tcp {node} {NODE_PORT} 40"))?;
     let spread = counts(&words[0].split(',').map(str::to_owned).collect::<Vec<_>>());
     ensure!(spread.len() > 1, "balanced over backends: {spread:?}");
     ensure!(words[1] == format!("peer={node}:{NODE_PORT}"), "{words:?}");
-    let words = h.topo.probe().ok(&format!("udp {node} {NODE_PORT} 10"))?;
+    let words = h.topo.outside_probe()?.ok(&format!("udp {node} {NODE_PORT} 10"))?;
     ensure!(
         words[1] == format!("from={node}:{NODE_PORT}"),
         "UDP replies come from the node: {words:?}"
     );
-    if let Some(np) = &mut h.nodeport {
+    if let Some(np) = h.nodeport.first_mut() {
         let tracked = np.conntrack_entries()?;
         ensure!(tracked >= 2 * 50, "the tc program tracked every flow both ways: {tracked}");
         ensure!(np.gc(Duration::from_hours(1))? == 0, "no flow is an hour old");
@@ -364,19 +391,147 @@ fn node_port_from_outside(h: &mut Harness) -> Result<()> {
     Ok(())
 }
 
+/// NodePort from a process on the node itself (its packets never cross a node interface's
+/// ingress): balanced, answered from the node address, TCP and UDP. eBPF balances it at the
+/// socket (the destination is one of the node's addresses), iptables in nat OUTPUT.
+fn node_port_from_the_node_itself(h: &mut Harness) -> Result<()> {
+    h.sync(&[svc("web", [10, 96, 0, 10], &[0, 1, 2, 3])])?;
+    for node in [NODE_CLIENT_SIDE, NODE_REMOTE_SIDE] {
+        let probe = h.topo.node_probe()?;
+        let words = probe.ok(&format!("tcp {node} {NODE_PORT} 40"))?;
+        let spread = counts(&words[0].split(',').map(str::to_owned).collect::<Vec<_>>());
+        ensure!(spread.len() > 1, "balanced over backends: {spread:?}");
+        ensure!(words[1] == format!("peer={node}:{NODE_PORT}"), "{words:?}");
+        let words = probe.ok(&format!("udp {node} {NODE_PORT} 10"))?;
+        ensure!(words[1] == format!("from={node}:{NODE_PORT}"), "UDP from the node: {words:?}");
+    }
+    // Another port on a node address is not a Service: left alone (nothing listens there).
+    let answer = h.topo.node_probe()?.cmd(&format!("tcp {NODE_CLIENT_SIDE} 30999 1"))?;
+    ensure!(answer == "err ConnectionRefused", "{answer}");
+    Ok(())
+}
+
 /// `externalTrafficPolicy: Local`: NodePort traffic from outside reaches only the endpoints on
-/// this node; the ClusterIP still reaches all of them.
+/// this node; the ClusterIP, and the NodePort from the node itself, still reach all of them.
 fn external_traffic_policy_local(h: &mut Harness) -> Result<()> {
     let mut s = svc("web", [10, 96, 0, 10], &[0, 1, 2, 3]);
     s.external_local = true;
     s.local = vec![1, 2];
     h.sync(&[s])?;
-    let words = h.topo.probe().ok(&format!("tcp {NODE_CLIENT_SIDE} {NODE_PORT} 40"))?;
+    let words = h.topo.outside_probe()?.ok(&format!("tcp {NODE_CLIENT_SIDE} {NODE_PORT} 40"))?;
     let spread = counts(&words[0].split(',').map(str::to_owned).collect::<Vec<_>>());
     ensure!(spread.keys().all(|b| b == "b1" || b == "b2"), "only local endpoints: {spread:?}");
     ensure!(spread.len() == 2, "both local endpoints used: {spread:?}");
     let all = counts(&h.tcp(VIP, 60)?);
     ensure!(all.len() == 4, "the ClusterIP uses every endpoint: {all:?}");
+    // A client on the node itself is not "external": the NodePort uses every endpoint (as
+    // kube-proxy's KUBE-EXT chain sends LOCAL-source traffic to the Service chain).
+    let words = h.topo.node_probe()?.ok(&format!("tcp {NODE_CLIENT_SIDE} {NODE_PORT} 60"))?;
+    let spread = counts(&words[0].split(',').map(str::to_owned).collect::<Vec<_>>());
+    ensure!(spread.len() == 4, "node-local NodePort clients use every endpoint: {spread:?}");
+    Ok(())
+}
+
+/// `(id, source address the server saw)` per answer of `tcpsrc`/`udpsrc`.
+fn sources(list: &str) -> Result<Vec<(String, std::net::SocketAddr)>> {
+    list.split(',')
+        .map(|e| {
+            let (id, src) = e.split_once('@').context("ID@SRC")?;
+            Ok((id.to_owned(), src.parse()?))
+        })
+        .collect()
+}
+
+/// NodePort with `externalTrafficPolicy: Cluster` to a backend on another node whose route
+/// back to the client does not pass this node: the node SNATs the request to its own address,
+/// so the reply comes back through it and reaches the client from `NODE_IP:nodePort` (TCP and
+/// UDP). A local backend of the same Service keeps working alongside.
+fn node_port_snat_to_a_remote_backend(h: &mut Harness) -> Result<()> {
+    let mut s = svc("web", [10, 96, 0, 10], &[REMOTE]);
+    s.local = vec![0];
+    h.sync(&[s.clone()])?;
+    let node = NODE_CLIENT_SIDE;
+    let words = h.topo.outside_probe()?.ok(&format!("tcpsrc {node} {NODE_PORT} 10"))?;
+    ensure!(words[1] == format!("peer={node}:{NODE_PORT}"), "reply from the node: {words:?}");
+    for (id, src) in sources(&words[0])? {
+        ensure!(id == "r0", "{words:?}");
+        ensure!(
+            src.ip() == std::net::IpAddr::V4(NODE_REMOTE_SIDE),
+            "SNATed to the node: {words:?}"
+        );
+        if h.mode == Mode::Ebpf {
+            ensure!(src.port() >= 61000, "SNAT port from the tc program's range: {words:?}");
+        }
+    }
+    let words = h.topo.outside_probe()?.ok(&format!("udpsrc {node} {NODE_PORT} 5"))?;
+    ensure!(words[1] == format!("from={node}:{NODE_PORT}"), "UDP reply from the node: {words:?}");
+    for (id, src) in sources(&words[0])? {
+        ensure!(id == "r0" && src.ip() == std::net::IpAddr::V4(NODE_REMOTE_SIDE), "{words:?}");
+    }
+    // A held stream keeps its SNAT mapping (the same flow both ways, many packets), also
+    // across an agent restart (the conntrack entries are pinned).
+    let words = h.topo.outside_probe()?.ok(&format!("hold {node} {NODE_PORT}"))?;
+    for round in 0..2 {
+        for _ in 0..3 {
+            let echo = h.topo.outside_probe()?.ok(&format!("ping {}", words[0]))?;
+            ensure!(echo == ["r0", "ping"], "round {round}: {echo:?}");
+        }
+        if round == 0 {
+            h.restart()?;
+            h.sync(&[s.clone()])?;
+        }
+    }
+    // A local and a remote backend together: both reachable, the remote one SNATed.
+    s.endpoints = vec![(0, Cond::Ready), (REMOTE, Cond::Ready)];
+    h.sync(&[s])?;
+    let words = h.topo.outside_probe()?.ok(&format!("tcpsrc {node} {NODE_PORT} 40"))?;
+    let seen = sources(&words[0])?;
+    let ids: BTreeMap<&str, usize> = seen.iter().fold(BTreeMap::new(), |mut m, (id, _)| {
+        *m.entry(id.as_str()).or_insert(0) += 1;
+        m
+    });
+    ensure!(ids.len() == 2, "both backends used: {ids:?}");
+    for (id, src) in &seen {
+        if id == "r0" {
+            ensure!(src.ip() == std::net::IpAddr::V4(NODE_REMOTE_SIDE), "{words:?}");
+        }
+    }
+    if h.mode == Mode::Ebpf {
+        // One SNAT port per flow to r0 (TCP and UDP), none refused, and it shows on /metrics.
+        let remote_flows = 10 + 5 + 1 + seen.iter().filter(|(id, _)| id == "r0").count();
+        let m = h.metrics();
+        let counter = |name: &str| -> Option<usize> {
+            m.lines()
+                .find_map(|l| {
+                    l.strip_prefix(&format!("skiff_lb_program_total{{counter=\"{name}\"}} "))
+                })
+                .and_then(|v| v.parse().ok())
+        };
+        ensure!(counter("nodeport_snat") == Some(remote_flows), "{remote_flows} SNAT flows: {m}");
+        ensure!(counter("nodeport_snat_no_port") == Some(0), "{m}");
+    }
+    Ok(())
+}
+
+/// `externalTrafficPolicy: Local` never gets source NAT: NodePort traffic reaches only the local
+/// endpoint (not the remote one) and the backend sees the client's own address (TCP and UDP).
+fn external_traffic_policy_local_keeps_the_client_source(h: &mut Harness) -> Result<()> {
+    let mut s = svc("web", [10, 96, 0, 10], &[1, REMOTE]);
+    s.external_local = true;
+    s.local = vec![1];
+    h.sync(&[s])?;
+    let node = NODE_CLIENT_SIDE;
+    let words = h.topo.outside_probe()?.ok(&format!("tcpsrc {node} {NODE_PORT} 20"))?;
+    ensure!(words[1] == format!("peer={node}:{NODE_PORT}"), "{words:?}");
+    for (id, src) in sources(&words[0])? {
+        ensure!(id == "b1", "only the local endpoint: {words:?}");
+        ensure!(src.ip() == std::net::IpAddr::V4(CLIENT_IP), "client source kept: {words:?}");
+    }
+    let words = h.topo.outside_probe()?.ok(&format!("udpsrc {node} {NODE_PORT} 5"))?;
+    ensure!(words[1] == format!("from={node}:{NODE_PORT}"), "{words:?}");
+    for (id, src) in sources(&words[0])? {
+        ensure!(id == "b1" && src.ip() == std::net::IpAddr::V4(CLIENT_IP), "{words:?}");
+    }
     Ok(())
 }
 
@@ -440,12 +595,12 @@ fn restart_keeps_established_connections(h: &mut Harness) -> Result<()> {
     let words = h.topo.probe().ok(&format!("hold {VIP} 80"))?;
     let (index, id) = (words[0].clone(), words[1].clone());
     // A NodePort flow too (per-packet NAT in tc or iptables: needs the state to survive).
-    let words = h.topo.probe().ok(&format!("hold {NODE_CLIENT_SIDE} {NODE_PORT}"))?;
+    let words = h.topo.outside_probe()?.ok(&format!("hold {NODE_CLIENT_SIDE} {NODE_PORT}"))?;
     let (np_index, np_id) = (words[0].clone(), words[1].clone());
     h.restart()?;
     let echo = h.topo.probe().ok(&format!("ping {index}"))?;
     ensure!(echo == [id.as_str(), "ping"], "{echo:?}");
-    let echo = h.topo.probe().ok(&format!("ping {np_index}"))?;
+    let echo = h.topo.outside_probe()?.ok(&format!("ping {np_index}"))?;
     ensure!(echo == [np_id.as_str(), "ping"], "NodePort stream across the restart: {echo:?}");
     let report = h.sync(&services)?;
     if h.mode == Mode::Ebpf {
@@ -488,6 +643,7 @@ fn cleanup_after_panic(mode: Mode) {
         paths.push(h.topo.client.path().to_owned());
         paths.push(h.topo.node.path().to_owned());
         paths.push(h.topo.backend.path().to_owned());
+        paths.push(h.topo.node2.path().to_owned());
         paths.extend(h.pin_root.parent().map(std::path::Path::to_owned));
         panic!("deliberate failure with the data plane programmed");
     }));
@@ -533,7 +689,12 @@ fn ebpf_nodeport_maglev_follows_the_table() {
     let names: Vec<String> = (0..4).map(|i| format!("{}:{BACKEND_PORT}", backend_ip(i))).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let table = maglev::build_table(&refs, MAGLEV_SEED, 1021);
-    let words = h.topo.probe().ok(&format!("tcpports {NODE_CLIENT_SIDE} {NODE_PORT} 40")).unwrap();
+    let words = h
+        .topo
+        .outside_probe()
+        .unwrap()
+        .ok(&format!("tcpports {NODE_CLIENT_SIDE} {NODE_PORT} 40"))
+        .unwrap();
     let mut seen = BTreeMap::new();
     for flow in words[0].split(',') {
         let (id, port) = flow.split_once(':').unwrap();
@@ -544,6 +705,90 @@ fn ebpf_nodeport_maglev_follows_the_table() {
         *seen.entry(want).or_insert(0) += 1;
     }
     assert!(seen.len() > 1, "flows spread over backends: {seen:?}");
+}
+
+/// eBPF only: the `skiff-agent proxy` binary adopts a pinned data plane, answers `/healthz`,
+/// and on SIGTERM exits 0 leaving the data plane programmed (maps and links are pinned).
+#[test]
+fn ebpf_agent_binary_stops_on_sigterm_and_keeps_the_data_plane() {
+    let name = "ebpf_agent_binary_stops_on_sigterm_and_keeps_the_data_plane";
+    if !privileged::privileged(name) {
+        return;
+    }
+    let mut h = Harness::new(Mode::Ebpf, 2, LbMapSizes::default()).expect("topology");
+    let services = [svc("web", [10, 96, 0, 10], &[0, 1])];
+    h.sync(&services).unwrap();
+    // The binary takes over, as after an agent restart: the library proxier goes, no cleanup.
+    h.backend = None;
+    h.nodeport.clear();
+    let source =
+        TempFile(std::env::temp_dir().join(format!("skiff-test-{}-services.json", h.topo.tag)));
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": objects(&services)});
+    std::fs::write(&source.0, serde_json::to_vec(&list).unwrap()).unwrap();
+    let port = skiff_e2e::free_port().unwrap();
+    let child = std::process::Command::new(agent_binary().unwrap())
+        .args(["proxy", "--mode", "ebpf", "--source"])
+        .arg(&source.0)
+        .arg("--pin-root")
+        .arg(&h.pin_root)
+        .arg("--cgroup")
+        .arg(&h.topo.cgroup.path)
+        .args(["--healthz", &format!("127.0.0.1:{port}"), "--node", "node"])
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut agent = Proc::new(child);
+    wait::until("the agent's /healthz", Duration::from_secs(20), || {
+        Ok(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())
+    })
+    .unwrap();
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(agent.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut status = None;
+    wait::until("the agent to exit", Duration::from_secs(10), || {
+        status = agent.try_wait()?;
+        Ok(status.is_some())
+    })
+    .unwrap();
+    assert!(status.is_some_and(|s| s.success()), "exit status {status:?}");
+    let c = counts(&h.tcp(VIP, 20).unwrap());
+    assert!(c.keys().all(|b| b == "b0" || b == "b1") && c.len() == 2, "still balanced: {c:?}");
+}
+
+/// eBPF only (kube-proxy no longer holds NodePort sockets open since 1.25, so iptables mode
+/// lets such a bind succeed): binding a NodePort on a node address fails with EADDRINUSE, TCP
+/// and UDP, and is counted; other ports, the wildcard and loopback bind.
+#[test]
+fn ebpf_bind_to_a_node_port_is_refused() {
+    let name = "ebpf_bind_to_a_node_port_is_refused";
+    if !privileged::privileged(name) {
+        return;
+    }
+    let mut h = Harness::new(Mode::Ebpf, 2, LbMapSizes::default()).expect("topology");
+    h.sync(&[svc("web", [10, 96, 0, 10], &[0, 1])]).unwrap();
+    let probe = h.topo.node_probe().unwrap();
+    for cmd in ["bind", "bindudp"] {
+        for ip in [NODE_CLIENT_SIDE, NODE_REMOTE_SIDE] {
+            let answer = probe.cmd(&format!("{cmd} {ip} {NODE_PORT}")).unwrap();
+            assert_eq!(answer, "err AddrInUse", "{cmd} {ip}:{NODE_PORT}");
+        }
+        assert_eq!(probe.cmd(&format!("{cmd} {NODE_CLIENT_SIDE} 30999")).unwrap(), "ok bound");
+        // The wildcard is a pod's own namespace's too: not guarded.
+        assert_eq!(probe.cmd(&format!("{cmd} 0.0.0.0 {NODE_PORT}")).unwrap(), "ok bound");
+        assert_eq!(probe.cmd(&format!("{cmd} 127.0.0.1 {NODE_PORT}")).unwrap(), "ok bound");
+    }
+    let m = h.metrics();
+    assert!(m.contains("skiff_lb_program_total{counter=\"nodeport_bind_refused\"} 4"), "{m}");
+}
+
+/// A file removed on drop.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 #[test]
@@ -577,7 +822,10 @@ conformance!(
     udp_works_both_ways,
     external_ip_is_balanced_like_the_cluster_ip,
     node_port_from_outside,
+    node_port_from_the_node_itself,
+    node_port_snat_to_a_remote_backend,
     external_traffic_policy_local,
+    external_traffic_policy_local_keeps_the_client_source,
     removed_endpoint_gets_no_new_connections,
     service_without_endpoints_refuses,
     terminating_endpoint_keeps_existing_connections,

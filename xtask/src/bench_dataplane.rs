@@ -6,6 +6,9 @@
 //! Topology: client netns (wrk, inside a bench cgroup2 directory) → node netns (iptables rules)
 //! → backend netns (one nginx on 4 addresses). Per Service count the three modes run back to
 //! back, each from a clean state. Sync figures come from `skiff-agent proxy --once --churn`.
+//! New connections/s are the median of `--repeat` `Connection: close` runs per mode, in rounds
+//! that each run every mode once (direct, iptables-nft, iptables-legacy, eBPF), each round
+//! starting one mode later, so machine drift spreads over all modes instead of one.
 //!
 //! Each mode connects from a client address of its own (`Mode::client_addr`). The backends keep
 //! a `TIME_WAIT` socket (60 s) per closed connection, and TCP timestamps and initial sequence
@@ -40,6 +43,10 @@ pub struct DataplaneArgs {
     /// Concurrent wrk connections.
     #[arg(long, default_value_t = 16)]
     pub connections: usize,
+    /// `Connection: close` runs per mode and Service count, interleaved across modes (each
+    /// round starts with the next mode); the report gives the median.
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
     /// Endpoint changes timed per mode and Service count (iptables: at most 3 above 1,000).
     #[arg(long, default_value_t = 20)]
     pub churn: usize,
@@ -54,7 +61,7 @@ pub struct DataplaneArgs {
 const VIP: &str = "10.96.255.254";
 const BACKENDS: [&str; 4] = ["10.210.2.11", "10.210.2.12", "10.210.2.13", "10.210.2.14"];
 /// The client netns's addresses, one per mode (see the module comment).
-const CLIENTS: [&str; 3] = ["10.210.1.2", "10.210.1.3", "10.210.1.4"];
+const CLIENTS: [&str; 4] = ["10.210.1.2", "10.210.1.3", "10.210.1.4", "10.210.1.5"];
 
 struct Env {
     tag: String,
@@ -246,15 +253,23 @@ fn services_json(n: usize) -> Value {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Direct,
+    /// iptables-nft.
     Iptables,
+    /// iptables-legacy, measured for new connections/s only (its sync times come from the
+    /// `--noflush` runs in the scratch namespace).
+    IptablesLegacy,
     Ebpf,
 }
+
+/// Every mode, in the order of the first round.
+const MODES: [Mode; 4] = [Mode::Direct, Mode::Iptables, Mode::IptablesLegacy, Mode::Ebpf];
 
 impl Mode {
     fn name(self) -> &'static str {
         match self {
             Mode::Direct => "direct",
             Mode::Iptables => "iptables",
+            Mode::IptablesLegacy => "iptables-legacy",
             Mode::Ebpf => "ebpf",
         }
     }
@@ -265,6 +280,7 @@ impl Mode {
             Mode::Direct => CLIENTS[0],
             Mode::Iptables => CLIENTS[1],
             Mode::Ebpf => CLIENTS[2],
+            Mode::IptablesLegacy => CLIENTS[3],
         }
     }
 }
@@ -308,12 +324,13 @@ fn agent_cmd(env: &Env, mode: Mode, source: &Path) -> Command {
                 .arg("--cgroup")
                 .arg(&env.cgroup);
         }
-        _ => {
+        Mode::Direct | Mode::Iptables | Mode::IptablesLegacy => {
+            let backend = if mode == Mode::IptablesLegacy { "legacy" } else { "nft" };
             cmd.args([
                 "--mode",
                 "iptables",
                 "--iptables-backend",
-                "nft",
+                backend,
                 "--iptables-full-tables",
                 "--netns",
                 &env.ns("node"),
@@ -461,6 +478,102 @@ fn stats(v: &Value) -> (f64, f64, f64, f64) {
     (v["full_sync_seconds"].as_f64().unwrap_or(f64::NAN), pick(0.5), pick(0.99), 100.0 * cpu / wall)
 }
 
+/// One `Connection: close` wrk run.
+#[derive(Debug, Clone)]
+struct CloseRun {
+    conn_per_s: f64,
+    syn_retransmits: u64,
+    paws_drops: u64,
+    /// wrk's socket-error line ("" when none).
+    errors: String,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn url_of(mode: Mode) -> String {
+    if mode == Mode::Direct {
+        format!("http://{}:8080/", BACKENDS[0])
+    } else {
+        format!("http://{VIP}:80/")
+    }
+}
+
+/// A `Connection: close` run from the mode's client address, with its stall counters.
+fn close_run(env: &Env, mode: Mode, args: &DataplaneArgs) -> Result<CloseRun> {
+    use_client_addr(env, mode.client_addr())?;
+    let (retrans_before, paws_before) = stall_counters(env);
+    let close = wrk(env, &url_of(mode), true, args);
+    let (retrans_after, paws_after) = stall_counters(env);
+    let (conn_per_s, p50_ms, p99_ms, errors) = close?;
+    Ok(CloseRun {
+        conn_per_s,
+        syn_retransmits: retrans_after.saturating_sub(retrans_before),
+        paws_drops: paws_after.saturating_sub(paws_before),
+        errors,
+        p50_ms,
+        p99_ms,
+    })
+}
+
+/// Programs the mode (no churn), runs one `Connection: close` run, cleans up.
+fn close_only(
+    env: &Env,
+    mode: Mode,
+    n: usize,
+    source: &Path,
+    args: &DataplaneArgs,
+) -> Result<CloseRun> {
+    if mode != Mode::Direct {
+        agent_sync(env, mode, source, 0)?;
+    }
+    println!("bench dataplane: {} × {n}: connections/s run", mode.name());
+    let run = close_run(env, mode, args);
+    if mode != Mode::Direct {
+        agent_cleanup(env, mode, source)?;
+    }
+    run
+}
+
+/// Everything for one mode and Service count: programming and churn, a `Connection: close`
+/// run, a keep-alive run, connect latency. Returns the report row and the close run.
+fn measure_mode(
+    env: &Env,
+    mode: Mode,
+    n: usize,
+    source: &Path,
+    args: &DataplaneArgs,
+) -> Result<(Value, CloseRun)> {
+    let churn = if mode == Mode::Iptables && n > 1000 { args.churn.min(3) } else { args.churn };
+    let sync = match mode {
+        Mode::Direct => Value::Null,
+        m => agent_sync(env, m, source, churn)?,
+    };
+    println!("bench dataplane: {} × {n}: measuring", mode.name());
+    let close = close_run(env, mode, args);
+    let keep = wrk(env, &url_of(mode), false, args);
+    let target =
+        if mode == Mode::Direct { format!("{}:8080", BACKENDS[0]) } else { format!("{VIP}:80") };
+    let connect = measure_connect(env, &target);
+    if mode != Mode::Direct {
+        agent_cleanup(env, mode, source)?;
+    }
+    let close = close?;
+    let (req_s, _, _, keep_errors) = keep?;
+    let (connect_p50, connect_p99, connect_failed) = connect?;
+    let (full, ch50, ch99, cpu) =
+        if sync.is_null() { (f64::NAN, f64::NAN, f64::NAN, f64::NAN) } else { stats(&sync) };
+    println!(
+        "  conn/s {:.0}  keep-alive req/s {req_s:.0}  p50 {:.3} ms  p99 {:.3} ms  full sync {full:.3} s  change p50 {ch50:.2} ms",
+        close.conn_per_s, close.p50_ms, close.p99_ms
+    );
+    let row = json!({"mode": mode.name(), "services": n, "keepalive_req_per_s": req_s,
+        "close_latency_p50_ms": close.p50_ms, "close_latency_p99_ms": close.p99_ms, "connect_p50_us": connect_p50, "connect_p99_us": connect_p99, "connect_failed": connect_failed,
+        "full_sync_s": full, "change_p50_ms": ch50,
+        "change_p99_ms": ch99, "churn_cpu_percent": cpu, "wrk_socket_errors_close": close.errors,
+        "wrk_socket_errors_keepalive": keep_errors, "agent": sync});
+    Ok((row, close))
+}
+
 #[expect(clippy::too_many_lines, reason = "the benchmark's one sequence of steps")]
 pub fn run_dataplane(args: &DataplaneArgs) -> Result<()> {
     ensure!(
@@ -496,49 +609,51 @@ pub fn run_dataplane(args: &DataplaneArgs) -> Result<()> {
         ensure!(n >= 1, "a Service count must be at least 1");
         let source = env.dir.join(format!("services-{n}.json"));
         fs::write(&source, serde_json::to_vec(&services_json(n))?)?;
-        for mode in [Mode::Direct, Mode::Iptables, Mode::Ebpf] {
-            let url = if mode == Mode::Direct {
-                format!("http://{}:8080/", BACKENDS[0])
-            } else {
-                format!("http://{VIP}:80/")
-            };
-            let churn =
-                if mode == Mode::Iptables && n > 1000 { args.churn.min(3) } else { args.churn };
-            let sync = match mode {
-                Mode::Direct => Value::Null,
-                m => agent_sync(&env, m, &source, churn)?,
-            };
-            println!("bench dataplane: {} × {n}: measuring", mode.name());
-            use_client_addr(&env, mode.client_addr())?;
-            let (retrans_before, paws_before) = stall_counters(&env);
-            let close = wrk(&env, &url, true, args);
-            let (retrans_after, paws_after) = stall_counters(&env);
-            let keep = wrk(&env, &url, false, args);
-            let target = if mode == Mode::Direct {
-                format!("{}:8080", BACKENDS[0])
-            } else {
-                format!("{VIP}:80")
-            };
-            let connect = measure_connect(&env, &target);
-            if mode != Mode::Direct {
-                agent_cleanup(&env, mode, &source)?;
+        // Round 0 measures everything once per mode; every round adds a `Connection: close`
+        // run per mode, each round starting with the next mode, so drift hits all alike.
+        let mut full_rows: Vec<Value> = Vec::new();
+        let mut samples: Vec<(Mode, CloseRun)> = Vec::new();
+        for round in 0..args.repeat.max(1) {
+            for k in 0..MODES.len() {
+                let mode = MODES[(round + k) % MODES.len()];
+                if round == 0 && mode != Mode::IptablesLegacy {
+                    let (row, close) = measure_mode(&env, mode, n, &source, args)?;
+                    full_rows.push(row);
+                    samples.push((mode, close));
+                } else {
+                    samples.push((mode, close_only(&env, mode, n, &source, args)?));
+                }
             }
-            let (conn_s, p50, p99, close_errors) = close?;
-            let (req_s, _, _, keep_errors) = keep?;
-            let (connect_p50, connect_p99, connect_failed) = connect?;
-            let (full, ch50, ch99, cpu) = if sync.is_null() {
-                (f64::NAN, f64::NAN, f64::NAN, f64::NAN)
-            } else {
-                stats(&sync)
-            };
+        }
+        for mode in MODES {
+            let runs: Vec<&CloseRun> =
+                samples.iter().filter(|(m, _)| *m == mode).map(|(_, r)| r).collect();
+            let mut rates: Vec<f64> = runs.iter().map(|r| r.conn_per_s).collect();
+            rates.sort_by(f64::total_cmp);
+            let median = rates.get(rates.len() / 2).copied().unwrap_or(f64::NAN);
+            let mut row = full_rows
+                .iter()
+                .find(|r| r["mode"] == mode.name())
+                .cloned()
+                .unwrap_or_else(|| json!({"mode": mode.name(), "services": n}));
+            row["conn_per_s"] = json!(median);
+            row["conn_per_s_runs"] = json!(runs.iter().map(|r| r.conn_per_s).collect::<Vec<_>>());
+            row["close_syn_retransmits"] =
+                json!(runs.iter().map(|r| r.syn_retransmits).sum::<u64>());
+            row["close_paws_timewait_drops"] =
+                json!(runs.iter().map(|r| r.paws_drops).sum::<u64>());
+            let errors: Vec<&str> =
+                runs.iter().map(|r| r.errors.as_str()).filter(|e| !e.is_empty()).collect();
+            row["wrk_socket_errors_close"] = json!(errors.join("; "));
+            if row.get("wrk_socket_errors_keepalive").is_none() {
+                row["wrk_socket_errors_keepalive"] = json!("");
+            }
             println!(
-                "  conn/s {conn_s:.0}  keep-alive req/s {req_s:.0}  p50 {p50:.3} ms  p99 {p99:.3} ms  full sync {full:.3} s  change p50 {ch50:.2} ms"
+                "  {} × {n}: conn/s median {median:.0} of {:?}",
+                mode.name(),
+                rates.iter().map(|r| r.round()).collect::<Vec<_>>()
             );
-            rows.push(json!({"mode": mode.name(), "services": n, "conn_per_s": conn_s, "keepalive_req_per_s": req_s,
-                "close_latency_p50_ms": p50, "close_latency_p99_ms": p99, "connect_p50_us": connect_p50, "connect_p99_us": connect_p99, "connect_failed": connect_failed,
-                "close_syn_retransmits": retrans_after.saturating_sub(retrans_before), "close_paws_timewait_drops": paws_after.saturating_sub(paws_before), "full_sync_s": full, "change_p50_ms": ch50,
-                "change_p99_ms": ch99, "churn_cpu_percent": cpu, "wrk_socket_errors_close": close_errors,
-                "wrk_socket_errors_keepalive": keep_errors, "agent": sync}));
+            rows.push(row);
         }
     }
     // iptables-legacy sync time (its --noflush restore), in a namespace of its own.
@@ -625,6 +740,9 @@ fn write_report(args: &DataplaneArgs, rows: &[Value], legacy: &[Value], load: &s
         let list: Vec<String> = args.services.iter().map(ToString::to_string).collect();
         let _ = write!(md, " --services {}", list.join(","));
     }
+    if args.repeat != 3 {
+        let _ = write!(md, " --repeat {}", args.repeat);
+    }
     let _ = writeln!(
         md,
         " --duration {}`; raw figures in `dataplane.json`, plot in `dataplane.png`.\n",
@@ -641,14 +759,49 @@ fn write_report(args: &DataplaneArgs, rows: &[Value], legacy: &[Value], load: &s
     if !args.note.is_empty() {
         let _ = writeln!(md, "\n**Note:** {}", args.note);
     }
-    md.push_str("\n## New connections per second (`Connection: close`)\n\n| Services | direct | iptables | eBPF | eBPF / direct | eBPF / iptables |\n|---|---|---|---|---|---|\n");
+    let _ = writeln!(
+        md,
+        "\n## New connections per second (`Connection: close`)\n\nMedian of {} runs per cell (the upper middle one for an even count), interleaved: each round runs every mode once, starting one mode later than the round before. iptables = iptables-nft, legacy = iptables-legacy (same rules, whole-table restore).\n\n| Services | direct | iptables | legacy | eBPF | eBPF / direct | eBPF / iptables | eBPF / legacy |\n|---|---|---|---|---|---|---|---|",
+        args.repeat.max(1)
+    );
     for &n in &args.services {
-        let (d, i, e) = (
+        let (d, i, l, e) = (
             get(rows, "direct", n, "conn_per_s"),
             get(rows, "iptables", n, "conn_per_s"),
+            get(rows, "iptables-legacy", n, "conn_per_s"),
             get(rows, "ebpf", n, "conn_per_s"),
         );
-        let _ = writeln!(md, "| {n} | {d:.0} | {i:.0} | {e:.0} | {:.2}× | {:.2}× |", e / d, e / i);
+        let _ = writeln!(
+            md,
+            "| {n} | {d:.0} | {i:.0} | {l:.0} | {e:.0} | {:.2}× | {:.2}× | {:.2}× |",
+            e / d,
+            e / i,
+            e / l
+        );
+    }
+    md.push_str("\nThe runs behind each median (connections/s, in run order):\n\n| Services | direct | iptables | legacy | eBPF |\n|---|---|---|---|---|\n");
+    let runs = |m: &str, n: usize| -> String {
+        rows.iter()
+            .find(|r| r["mode"] == m && r["services"] == n)
+            .and_then(|r| r["conn_per_s_runs"].as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_f64)
+                    .map(|v| format!("{v:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    for &n in &args.services {
+        let _ = writeln!(
+            md,
+            "| {n} | {} | {} | {} | {} |",
+            runs("direct", n),
+            runs("iptables", n),
+            runs("iptables-legacy", n),
+            runs("ebpf", n)
+        );
     }
     md.push_str("\n## Keep-alive requests per second\n\n| Services | direct | iptables | eBPF | eBPF / direct |\n|---|---|---|---|---|\n");
     for &n in &args.services {
@@ -667,7 +820,7 @@ fn write_report(args: &DataplaneArgs, rows: &[Value], legacy: &[Value], load: &s
             get(rows, m, n, "connect_p99_us")
         )
     });
-    md.push_str("\n## Stalls: client SYN retransmits / backend PAWS drops in TIME_WAIT during the `Connection: close` run; connects of the latency run that failed (2 s timeout, left out of the percentiles)\n\n| Services | direct | iptables | eBPF |\n|---|---|---|---|\n");
+    md.push_str("\n## Stalls: client SYN retransmits / backend PAWS drops in TIME_WAIT during the `Connection: close` runs (all rounds); connects of the latency run that failed (2 s timeout, left out of the percentiles)\n\n| Services | direct | iptables | eBPF |\n|---|---|---|---|\n");
     per_mode_rows(&mut md, &args.services, |m, n| {
         format!(
             "{:.0} / {:.0}; {:.0}",
@@ -684,7 +837,7 @@ fn write_report(args: &DataplaneArgs, rows: &[Value], legacy: &[Value], load: &s
             get(rows, m, n, "close_latency_p99_ms")
         )
     });
-    md.push_str("\n## Programming the data plane\n\nFull sync = all Services from empty; change = one endpoint removed or re-added, time until the kernel state is written (eBPF: maps updated; iptables: `iptables-restore` returned); CPU = agent plus its `iptables-restore` children during the churn, % of one core.\n\n| Services | eBPF full sync s | iptables-nft full sync s | iptables-legacy full sync s (`--noflush`) | eBPF change p50 / p99 ms | iptables-nft change p50 ms | iptables-legacy change p50 ms | eBPF CPU % | iptables CPU % |\n|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("\n## Programming the data plane\n\nFull sync = all Services from empty; change = one endpoint removed from or re-added to an EndpointSlice, time from the tracker update until the kernel state is written (eBPF: maps updated; iptables: `iptables-restore` returned); CPU = agent plus its `iptables-restore` children during the churn, % of one core.\n\n| Services | eBPF full sync s | iptables-nft full sync s | iptables-legacy full sync s (`--noflush`) | eBPF change p50 / p99 ms | iptables-nft change p50 ms | iptables-legacy change p50 ms | eBPF CPU % | iptables CPU % |\n|---|---|---|---|---|---|---|---|---|\n");
     for &n in &args.services {
         let lg = legacy.iter().find(|l| l["services"] == n);
         let lf = lg.and_then(|l| l["full_sync_s"].as_f64()).unwrap_or(f64::NAN);
@@ -719,25 +872,26 @@ fn write_report(args: &DataplaneArgs, rows: &[Value], legacy: &[Value], load: &s
         md.push_str(&errors.join("\n"));
         md.push('\n');
     }
-    md.push_str("\nSingle runs on a shared 2-core machine: indicative, not precise. Only figures measured in this run are shown.\n");
+    md.push_str("\nOn a shared 2-core machine: indicative, not precise (connections/s are medians of interleaved runs; the other figures are single runs). Only figures measured in this run are shown.\n");
     fs::write(out.join("dataplane.md"), md)?;
 
     // Plot: connections/s against Service count, one line per mode.
     let data = out.join("dataplane.dat");
-    let mut dat = String::from("# services direct iptables ebpf\n");
+    let mut dat = String::from("# services direct iptables ebpf iptables-legacy\n");
     for &n in &args.services {
         let _ = writeln!(
             dat,
-            "{n} {} {} {}",
+            "{n} {} {} {} {}",
             get(rows, "direct", n, "conn_per_s"),
             get(rows, "iptables", n, "conn_per_s"),
-            get(rows, "ebpf", n, "conn_per_s")
+            get(rows, "ebpf", n, "conn_per_s"),
+            get(rows, "iptables-legacy", n, "conn_per_s")
         );
     }
     fs::write(&data, dat)?;
     let png = out.join("dataplane.png");
     let script = format!(
-        "set terminal pngcairo size 800,500\nset output '{}'\nset title 'New connections/s vs Services (4 endpoints each)'\nset xlabel 'Services'\nset ylabel 'connections/s'\nset logscale x\nset key bottom left\nset grid\nset yrange [0:*]\nplot '{d}' using 1:2 with linespoints title 'direct', '{d}' using 1:3 with linespoints title 'iptables (nft)', '{d}' using 1:4 with linespoints title 'eBPF (socket LB)'\n",
+        "set terminal pngcairo size 800,500\nset output '{}'\nset title 'New connections/s vs Services (4 endpoints each)'\nset xlabel 'Services'\nset ylabel 'connections/s'\nset logscale x\nset key bottom left\nset grid\nset yrange [0:*]\nplot '{d}' using 1:2 with linespoints title 'direct', '{d}' using 1:3 with linespoints title 'iptables (nft)', '{d}' using 1:4 with linespoints title 'eBPF (socket LB)', '{d}' using 1:5 with linespoints title 'iptables (legacy)'\n",
         png.display(),
         d = data.display()
     );

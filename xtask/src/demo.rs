@@ -46,6 +46,7 @@ pub fn run_demo() -> Result<()> {
         duration: 3,
         connections: 16,
         churn: 5,
+        repeat: 1,
         out: Some(out.clone()),
         note: "short run from `cargo xtask demo`; the full run is `cargo xtask bench dataplane`"
             .into(),

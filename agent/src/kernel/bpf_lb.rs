@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf};
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+use aya::programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr};
 use aya::{Ebpf, EbpfLoader, Pod};
 
 use super::bpf::BpfError;
@@ -22,15 +22,19 @@ use super::bpf::BpfError;
 pub static SOCK_LB_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock_lb.o"));
 
 /// `SKIFF_LB_LAYOUT` in `lb.h`: the version directory the maps are pinned in.
-pub const LB_LAYOUT: u32 = 1;
+pub const LB_LAYOUT: u32 = 2;
 
 const OBJECT: &str = "sock_lb.o";
 /// Programs of `sock_lb.c`, by C function name.
 pub const SOCK_PROGRAMS: [&str; 4] =
     ["sock4_connect", "sock4_sendmsg", "sock4_recvmsg", "sock4_getpeername"];
+/// The `cgroup/post_bind4` program of `sock_lb.c` (a `CgroupSock`, not a `CgroupSockAddr`).
+pub const BIND_PROGRAM: &str = "sock4_post_bind";
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+/// `LB4_SCOPE_INTERNAL`: the node-local twin of an eTP Local NodePort frontend (all endpoints).
+pub const SCOPE_INTERNAL: u8 = 1;
 pub const SVC_FLAG_AFFINITY: u16 = 1;
 pub const SVC_FLAG_MAGLEV: u16 = 2;
 /// `LB4_MAGLEV_M`: entries of a Maglev row.
@@ -39,6 +43,8 @@ pub const MAGLEV_M: usize = 1021;
 pub type MaglevRow = [u32; MAGLEV_M];
 pub const BACKEND_ACTIVE: u8 = 0;
 pub const BACKEND_TERMINATING: u8 = 1;
+/// `LB4_BACKEND_F_REMOTE`: the backend is not on this node (`NodePort` flows to it get source NAT).
+pub const BACKEND_F_REMOTE: u8 = 1;
 
 /// Mirror of `struct lb4_svc_key`. Address and port in network byte order.
 #[repr(C)]
@@ -85,12 +91,22 @@ pub struct BackendVal {
     pub port: u16,
     pub proto: u8,
     pub state: u8,
+    /// `BACKEND_F_*` bits.
+    pub flags: u8,
+    pub pad: [u8; 3],
 }
-const _: () = assert!(size_of::<BackendVal>() == 8, "must match struct lb4_backend");
+const _: () = assert!(size_of::<BackendVal>() == 12, "must match struct lb4_backend");
 
 impl BackendVal {
-    pub fn new(ip: Ipv4Addr, port: u16, proto: u8, state: u8) -> Self {
-        BackendVal { ip: u32::from(ip).to_be(), port: port.to_be(), proto, state }
+    pub fn new(ip: Ipv4Addr, port: u16, proto: u8, state: u8, flags: u8) -> Self {
+        BackendVal {
+            ip: u32::from(ip).to_be(),
+            port: port.to_be(),
+            proto,
+            state,
+            flags,
+            pad: [0; 3],
+        }
     }
     pub fn addr(&self) -> Ipv4Addr {
         Ipv4Addr::from(u32::from_be(self.ip))
@@ -213,7 +229,7 @@ unsafe impl Pod for AffKey {}
 unsafe impl Pod for AffVal {}
 
 /// Counters of `enum lb_stat`, in index order.
-pub const LB_STATS: [&str; 7] = [
+pub const LB_STATS: [&str; 11] = [
     "connect_translated",
     "sendmsg_translated",
     "refused_no_endpoints",
@@ -221,6 +237,10 @@ pub const LB_STATS: [&str; 7] = [
     "backend_missing",
     "affinity_hits",
     "sock_revnat_update_failed",
+    "nodeport_new_flows",
+    "nodeport_snat",
+    "nodeport_snat_no_port",
+    "nodeport_bind_refused",
 ];
 
 /// Map sizes (`max_entries`), from the agent's flags. Pinned maps keep the size they were
@@ -287,6 +307,7 @@ pub struct SockLb {
     sock_revnat: HashMap<MapData, SkRevKey, SkRevVal>,
     affinity: HashMap<MapData, AffKey, AffVal>,
     maglev: HashMap<MapData, u32, MaglevRow>,
+    node_addrs: HashMap<MapData, u32, u8>,
     stats: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
 }
@@ -338,12 +359,19 @@ impl SockLb {
                 .map_err(|source| BpfError::Program { program: name, source })?;
             program.load().map_err(|source| BpfError::Program { program: name, source })?;
         }
+        let bind: &mut CgroupSock = ebpf
+            .program_mut(BIND_PROGRAM)
+            .ok_or(BpfError::Missing { object: OBJECT, what: "program", name: BIND_PROGRAM })?
+            .try_into()
+            .map_err(|source| BpfError::Program { program: BIND_PROGRAM, source })?;
+        bind.load().map_err(|source| BpfError::Program { program: BIND_PROGRAM, source })?;
         let svc = take(&mut ebpf, "svc4")?;
         let backends = take(&mut ebpf, "be4")?;
         let revnat = take(&mut ebpf, "revnat4")?;
         let sock_revnat = take(&mut ebpf, "sock_revnat4")?;
         let affinity = take(&mut ebpf, "affinity4")?;
         let maglev = take(&mut ebpf, "maglev4")?;
+        let node_addrs = take(&mut ebpf, "node_addrs4")?;
         let stats = take(&mut ebpf, "lb_stats")?;
         let events = Some(take(&mut ebpf, "lb_events")?);
         Ok(SockLb {
@@ -355,6 +383,7 @@ impl SockLb {
             sock_revnat,
             affinity,
             maglev,
+            node_addrs,
             stats,
             events,
         })
@@ -396,30 +425,30 @@ impl SockLb {
             let fd: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| {
                 LbError::Link { path: links_dir.join(name), message: e.to_string() }
             })?;
-            let path = links_dir.join(name);
-            // Hold the old link by its fd (attached) while the new one takes over its pin.
-            let old = if path.exists() {
-                let pinned = PinnedLink::from_pin(&path)
-                    .map_err(|e| LbError::Link { path: path.clone(), message: e.to_string() })?;
-                Some(pinned.unpin().map_err(|source| LbError::Io {
-                    op: "unpin old link",
-                    path: path.clone(),
-                    source,
-                })?)
-            } else {
-                None
-            };
-            fd.pin(&path)
-                .map_err(|e| LbError::Link { path: path.clone(), message: e.to_string() })?;
-            // Dropping the last reference to the old link detaches it.
-            drop(old);
+            pin_replacing(fd, &links_dir.join(name))?;
         }
+        let name = BIND_PROGRAM;
+        let program: &mut CgroupSock = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(BpfError::Missing { object: OBJECT, what: "program", name })?
+            .try_into()
+            .map_err(|source| BpfError::Program { program: name, source })?;
+        let id = program
+            .attach(&cg, CgroupAttachMode::Single)
+            .map_err(|source| BpfError::Program { program: name, source })?;
+        let link =
+            program.take_link(id).map_err(|source| BpfError::Program { program: name, source })?;
+        let fd: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| {
+            LbError::Link { path: links_dir.join(name), message: e.to_string() }
+        })?;
+        pin_replacing(fd, &links_dir.join(name))?;
         Ok(())
     }
 
     /// Detaches the programs (removes the link pins). Maps stay pinned.
     pub fn detach(&mut self) -> Result<(), LbError> {
-        for name in SOCK_PROGRAMS {
+        for name in SOCK_PROGRAMS.into_iter().chain([BIND_PROGRAM]) {
             let path = self.pin_dir.join("links").join(name);
             if path.exists() {
                 unpin_link(&path)?;
@@ -448,6 +477,20 @@ impl SockLb {
     }
     pub fn maglev_insert(&mut self, svc_id: u32, row: &MaglevRow) -> Result<(), LbError> {
         self.maglev.insert(svc_id, row, 0).map_err(map_err("maglev4"))
+    }
+    /// Makes `node_addrs4` hold exactly `addrs`: this node's addresses, on which a connect to a
+    /// NodePort is balanced at the socket.
+    pub fn set_node_addresses(&mut self, addrs: &[Ipv4Addr]) -> Result<(), LbError> {
+        let want: Vec<u32> = addrs.iter().map(|a| u32::from(*a).to_be()).collect();
+        let stale: Vec<u32> =
+            self.node_addrs.keys().flatten().filter(|k| !want.contains(k)).collect();
+        for k in &stale {
+            ignore_missing(self.node_addrs.remove(k)).map_err(map_err("node_addrs4"))?;
+        }
+        for k in want {
+            self.node_addrs.insert(k, 1, 0).map_err(map_err("node_addrs4"))?;
+        }
+        Ok(())
     }
     pub fn maglev_remove(&mut self, svc_id: u32) -> Result<(), LbError> {
         ignore_missing(self.maglev.remove(&svc_id)).map_err(map_err("maglev4"))
@@ -494,8 +537,8 @@ impl SockLb {
     }
 
     /// Per-CPU counters summed, in [`LB_STATS`] order.
-    pub fn stats(&self) -> Result<[u64; 7], LbError> {
-        let mut out = [0u64; 7];
+    pub fn stats(&self) -> Result<[u64; LB_STATS.len()], LbError> {
+        let mut out = [0u64; LB_STATS.len()];
         for (i, slot) in out.iter_mut().enumerate() {
             let index = u32::try_from(i).unwrap_or(u32::MAX);
             let per_cpu = self.stats.get(&index, 0).map_err(map_err("lb_stats"))?;
@@ -571,6 +614,49 @@ pub fn unmount_bpffs(dir: &Path) -> Result<(), LbError> {
     })
 }
 
+/// Pins `link` at `path`, taking the place of a link an earlier agent pinned there: the old one
+/// is held by its fd (still attached) until the new one owns the pin, then dropped (detached).
+fn pin_replacing(link: FdLink, path: &Path) -> Result<(), LbError> {
+    let old = if path.exists() {
+        let pinned = PinnedLink::from_pin(path)
+            .map_err(|e| LbError::Link { path: path.to_owned(), message: e.to_string() })?;
+        Some(pinned.unpin().map_err(|source| LbError::Io {
+            op: "unpin old link",
+            path: path.to_owned(),
+            source,
+        })?)
+    } else {
+        None
+    };
+    link.pin(path).map_err(|e| LbError::Link { path: path.to_owned(), message: e.to_string() })?;
+    // Dropping the last reference to the old link detaches it.
+    drop(old);
+    Ok(())
+}
+
+/// Removes the pins of other map layouts under `pin_root` (`v<N>`, N != [`LB_LAYOUT`]): an
+/// upgraded agent calls it once its own programs are attached, so the old programs (whose link
+/// pins live there) detach and their maps go. Returns the directories removed.
+pub fn remove_other_layouts(pin_root: &Path) -> Result<Vec<PathBuf>, LbError> {
+    let mut removed = Vec::new();
+    let Ok(entries) = fs::read_dir(pin_root) else { return Ok(removed) };
+    let current = format!("v{LB_LAYOUT}");
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_layout = name.strip_prefix('v').is_some_and(|n| n.parse::<u32>().is_ok());
+        if is_layout && name != current {
+            let path = entry.path();
+            fs::remove_dir_all(&path).map_err(|source| LbError::Io {
+                op: "remove old layout pins",
+                path: path.clone(),
+                source,
+            })?;
+            removed.push(path);
+        }
+    }
+    Ok(removed)
+}
+
 /// Removes a whole pin root (all layout versions), e.g. when a test or `skiff-agent proxy
 /// cleanup` ends. Links pinned there are detached.
 pub fn remove_pins(pin_root: &Path) -> Result<(), LbError> {
@@ -590,6 +676,9 @@ pub static TC_NODEPORT_OBJ: &[u8] =
 
 const NODEPORT_OBJECT: &str = "tc_nodeport.o";
 
+/// `max_entries` of the `ct4` LRU map in `tc_nodeport.c`.
+pub const CT4_MAX_ENTRIES: u32 = 262_144;
+
 /// The tc NodePort programs, sharing `svc4`/`be4` with the socket LB through the same pin
 /// directory. Their links are pinned (`<pin dir>/links/<program>-<iface>`): they stay attached
 /// when the agent exits, and the next agent swaps its programs into them atomically.
@@ -605,11 +694,14 @@ impl std::fmt::Debug for TcNodePort {
 }
 
 impl TcNodePort {
-    /// Loads the programs for a node whose NodePort address is `node_ip`, with maps pinned
-    /// under `<pin_root>/v<LB_LAYOUT>`, and attaches `nodeport_in` to the ingress and
-    /// `nodeport_reply` to the egress of `external_if` (reverse NAT on the way out: a packet
-    /// with the node's own source address would be dropped as martian if rewritten on ingress).
-    /// Interface names are resolved in the calling thread's network namespace.
+    /// Loads the programs for the node interface `external_if` whose address is `node_ip`,
+    /// with maps pinned under `<pin_root>/v<LB_LAYOUT>`, and attaches `nodeport_in` to its
+    /// ingress and `nodeport_out` to its egress (reverse NAT and SNAT on the way out: a packet
+    /// with the node's own source address would be dropped as martian if rewritten on
+    /// ingress). `node_ip` is both a NodePort address and the SNAT address of flows that leave
+    /// by this interface for a backend on another node. Attach to every node interface that
+    /// carries NodePort clients or leads to other nodes (one value per interface; all share the
+    /// maps). Interface names are resolved in the calling thread's network namespace.
     pub fn attach(
         pin_root: &Path,
         sizes: LbMapSizes,
@@ -641,7 +733,7 @@ impl TcNodePort {
         })?;
         let mut links = Vec::new();
         for (name, direction) in
-            [("nodeport_in", TcAttachType::Ingress), ("nodeport_reply", TcAttachType::Egress)]
+            [("nodeport_in", TcAttachType::Ingress), ("nodeport_out", TcAttachType::Egress)]
         {
             let program: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -727,5 +819,35 @@ impl TcNodePort {
         let ct: HashMap<&MapData, [u8; 16], [u8; 24]> =
             HashMap::try_from(map).map_err(|source| LbError::Map { map: "ct4", source })?;
         Ok(ct.keys().flatten().count())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An upgraded agent removes the pin directories of other layouts and nothing else.
+    #[test]
+    fn other_layouts_are_removed() {
+        let root = std::env::temp_dir().join(format!(
+            "skiff-test-layouts-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let current = root.join(format!("v{LB_LAYOUT}"));
+        for dir in [root.join("v1/links"), current.clone(), root.join("vnext"), root.join("other")]
+        {
+            fs::create_dir_all(dir).unwrap();
+        }
+        fs::write(root.join("v1/svc4"), b"").unwrap();
+        let removed = remove_other_layouts(&root).unwrap();
+        let kept: Vec<bool> = [&current, &root.join("vnext"), &root.join("other")]
+            .iter()
+            .map(|p| p.exists())
+            .collect();
+        let _ = fs::remove_dir_all(&root);
+        assert_eq!(removed, [root.join("v1")]);
+        assert_eq!(kept, [true, true, true]);
+        assert!(remove_other_layouts(&root.join("missing")).unwrap().is_empty());
     }
 }

@@ -13,14 +13,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::kernel::bpf_lb::{
-    self, BACKEND_ACTIVE, BACKEND_TERMINATING, BackendVal, IPPROTO_TCP, IPPROTO_UDP, LB_STATS,
-    LbError, LbMapSizes, MAGLEV_M, MaglevRow, RevNat, SVC_FLAG_AFFINITY, SVC_FLAG_MAGLEV, SockLb,
-    SvcKey, SvcVal,
+    self, BACKEND_ACTIVE, BACKEND_F_REMOTE, BACKEND_TERMINATING, BackendVal, IPPROTO_TCP,
+    IPPROTO_UDP, LB_STATS, LbError, LbMapSizes, MAGLEV_M, MaglevRow, RevNat, SCOPE_INTERNAL,
+    SVC_FLAG_AFFINITY, SVC_FLAG_MAGLEV, SockLb, SvcKey, SvcVal,
 };
 
 use super::{
-    DesiredState, Protocol, Proxier, ProxyError, ServicePort, ServicePortKey, ServicePortName,
-    SyncReport,
+    DesiredState, Endpoint, Protocol, Proxier, ProxyError, ServicePort, ServicePortKey,
+    ServicePortName, SyncReport,
 };
 
 fn proto_num(p: Protocol) -> u8 {
@@ -86,8 +86,10 @@ impl Ids {
 pub fn contribution(sp: &ServicePort, ids: &mut Ids) -> LbState {
     let mut state = LbState::default();
     let proto = proto_num(sp.protocol);
-    let mut backend_id = |ip: Ipv4Addr, port: u16, state_flag: u8, st: &mut LbState| -> u32 {
-        let val = BackendVal::new(ip, port, proto, state_flag);
+    let mut backend_id = |e: &Endpoint, state_flag: u8, st: &mut LbState| -> u32 {
+        // Not known to run on this node: NodePort flows to it are SNATed (tc_nodeport.c).
+        let flags = if e.local { 0 } else { BACKEND_F_REMOTE };
+        let val = BackendVal::new(e.ip, e.port, proto, state_flag, flags);
         let next = &mut ids.next_backend;
         let id = *ids.backend.entry((val.ip, val.port, proto)).or_insert_with(|| {
             *next += 1;
@@ -101,7 +103,7 @@ pub fn contribution(sp: &ServicePort, ids: &mut Ids) -> LbState {
     };
     let usable = sp.usable_endpoints();
     let slots: Vec<u32> =
-        usable.iter().map(|e| backend_id(e.ip, e.port, BACKEND_ACTIVE, &mut state)).collect();
+        usable.iter().map(|e| backend_id(e, BACKEND_ACTIVE, &mut state)).collect();
     // externalTrafficPolicy: Local: traffic from outside (the tc NodePort path) goes only to
     // endpoints on this node, so the client address is kept (no SNAT). Local sockets (socket
     // LB, ClusterIP and external IPs) still use every endpoint, as kube-proxy does for LOCAL
@@ -112,7 +114,7 @@ pub fn contribution(sp: &ServicePort, ids: &mut Ids) -> LbState {
         slots.clone()
     };
     for e in sp.draining_endpoints() {
-        backend_id(e.ip, e.port, BACKEND_TERMINATING, &mut state);
+        backend_id(e, BACKEND_TERMINATING, &mut state);
     }
     let (flags, affinity_s) = match sp.affinity_timeout_s {
         Some(t) => (SVC_FLAG_AFFINITY, t),
@@ -132,6 +134,19 @@ pub fn contribution(sp: &ServicePort, ids: &mut Ids) -> LbState {
         state
             .frontends
             .insert(key, FrontendState { svc_id, flags, affinity_s, slots: slots.clone() });
+    }
+    // eTP Local: clients on this node (socket LB on a node address) use every endpoint, as
+    // kube-proxy sends node-local traffic to the Service chain: an internal-scope twin of the
+    // NodePort frontend with all slots (the tc path looks up the external scope only).
+    if let (true, Some(np)) = (sp.external_local, sp.node_port) {
+        let key =
+            SvcKey { scope: SCOPE_INTERNAL, ..SvcKey::new(Ipv4Addr::UNSPECIFIED, np, proto, 0) };
+        let next = &mut ids.next_svc;
+        let svc_id = *ids.svc.entry(key).or_insert_with(|| {
+            *next += 1;
+            *next
+        });
+        state.frontends.insert(key, FrontendState { svc_id, flags, affinity_s, slots });
     }
     state
 }
@@ -332,6 +347,9 @@ pub struct EbpfConfig {
     /// The cgroup2 directory the socket programs attach to (the cgroup2 root on a node).
     pub cgroup: PathBuf,
     pub map_sizes: LbMapSizes,
+    /// This node's addresses: a connect to one of them on a NodePort is balanced at the socket
+    /// (NodePort from pods and the node itself).
+    pub node_addresses: Vec<Ipv4Addr>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -355,6 +373,8 @@ pub struct EbpfProxier {
     /// these and touches only what changed (O(changed), not O(all Services)).
     last: BTreeMap<ServicePortKey, ServicePort>,
     by_service: BTreeMap<ServicePortKey, LbState>,
+    /// Service ports that failed in the last sync: compared again by the next one.
+    retry: BTreeSet<ServicePortKey>,
     /// Which Service ports use each backend id, and how (active or terminating).
     refs: BTreeMap<u32, BTreeMap<ServicePortKey, u8>>,
     counters: Counters,
@@ -388,7 +408,12 @@ impl EbpfProxier {
             );
         }
         let ids = Ids::from_state(&current);
+        lb.set_node_addresses(&config.node_addresses)?;
         lb.attach(&config.cgroup)?;
+        // Ours are attached: programs and maps of an older layout (an upgraded agent) go.
+        for old in bpf_lb::remove_other_layouts(&config.pin_root)? {
+            tracing::info!(path = %old.display(), "removed pins of an older map layout");
+        }
         let events = lb.take_events();
         Ok(EbpfProxier {
             lb,
@@ -396,6 +421,7 @@ impl EbpfProxier {
             ids,
             last: BTreeMap::new(),
             by_service: BTreeMap::new(),
+            retry: BTreeSet::new(),
             refs: BTreeMap::new(),
             counters: Counters::default(),
             events,
@@ -486,12 +512,9 @@ impl EbpfProxier {
         (self.current.clone(), want, owners)
     }
 
-    /// Only the Service ports that differ from the last sync, and the backends they touch.
-    fn incremental_diff(
-        &mut self,
-        desired: &DesiredState,
-    ) -> (LbState, LbState, BTreeMap<SvcKey, ServicePortName>) {
-        // Both maps are sorted by key: one merge pass finds added, changed and removed ports.
+    /// Service ports of `desired` that differ from the last sync, in one merge pass over both
+    /// (sorted) maps: O(all Service ports).
+    fn changed_ports(&self, desired: &DesiredState) -> Vec<ServicePortKey> {
         let mut changed: Vec<ServicePortKey> = Vec::new();
         let (mut a, mut b) = (desired.iter().peekable(), self.last.iter().peekable());
         loop {
@@ -524,6 +547,16 @@ impl EbpfProxier {
                 (None, None) => break,
             }
         }
+        changed
+    }
+
+    /// Only the Service ports in `changed` (those that differ from the last sync), and the
+    /// backends they touch: O(changed).
+    fn incremental_diff(
+        &mut self,
+        desired: &DesiredState,
+        changed: Vec<ServicePortKey>,
+    ) -> (LbState, LbState, BTreeMap<SvcKey, ServicePortName>) {
         let mut sub_current = LbState::default();
         let mut sub_want = LbState::default();
         let mut owners = BTreeMap::new();
@@ -580,6 +613,50 @@ impl EbpfProxier {
             }
         }
         (sub_current, sub_want, owners)
+    }
+
+    /// One sync: everything against the maps (`changed` = `None`: the first sync, also after
+    /// adopting pinned maps) or only the Service ports in `changed`.
+    fn sync_ports(
+        &mut self,
+        desired: &DesiredState,
+        changed: Option<Vec<ServicePortKey>>,
+    ) -> SyncReport {
+        let started = Instant::now();
+        let full = changed.is_none();
+        let (sub_current, sub_want, owners) = match changed {
+            None => self.full_diff(desired),
+            Some(changed) => self.incremental_diff(desired, changed),
+        };
+        let report = self.apply_plan(&sub_current, &sub_want, &owners);
+        // Service ports whose frontends failed are retried from scratch next time.
+        self.retry.clear();
+        for (name, _) in &report.failed {
+            let retry = &mut self.retry;
+            self.last.retain(|k, _| {
+                let keep = &k.0 != name;
+                if !keep {
+                    retry.insert(k.clone());
+                }
+                keep
+            });
+        }
+        if full {
+            // First sync: ids of everything no longer in the maps go (failed ports keep theirs).
+            let current = &self.current;
+            let failed: BTreeSet<&ServicePortName> = report.failed.iter().map(|(n, _)| n).collect();
+            self.ids.svc.retain(|k, _| {
+                current.frontends.contains_key(k)
+                    || owners.get(k).is_some_and(|o| failed.contains(o))
+            });
+            self.ids
+                .backend
+                .retain(|_, id| current.backends.contains_key(id) || self.refs.contains_key(id));
+        }
+        self.counters.syncs += 1;
+        self.counters.last_sync_seconds = started.elapsed().as_secs_f64();
+        self.poll_events();
+        report
     }
 
     fn note_refs(&mut self, key: &ServicePortKey, part: &LbState) {
@@ -689,31 +766,32 @@ impl Proxier for EbpfProxier {
     }
 
     fn sync(&mut self, desired: &DesiredState) -> Result<SyncReport, ProxyError> {
-        let started = Instant::now();
-        let full = self.last.is_empty();
-        let (sub_current, sub_want, owners) =
-            if full { self.full_diff(desired) } else { self.incremental_diff(desired) };
-        let report = self.apply_plan(&sub_current, &sub_want, &owners);
-        // Service ports whose frontends failed are retried from scratch next time.
-        for (name, _) in &report.failed {
-            self.last.retain(|k, _| &k.0 != name);
-        }
-        if full {
-            // First sync: ids of everything no longer in the maps go (failed ports keep theirs).
-            let current = &self.current;
-            let failed: BTreeSet<&ServicePortName> = report.failed.iter().map(|(n, _)| n).collect();
-            self.ids.svc.retain(|k, _| {
-                current.frontends.contains_key(k)
-                    || owners.get(k).is_some_and(|o| failed.contains(o))
-            });
-            self.ids
-                .backend
-                .retain(|_, id| current.backends.contains_key(id) || self.refs.contains_key(id));
-        }
-        self.counters.syncs += 1;
-        self.counters.last_sync_seconds = started.elapsed().as_secs_f64();
-        self.poll_events();
-        Ok(report)
+        let changed = if self.last.is_empty() { None } else { Some(self.changed_ports(desired)) };
+        Ok(self.sync_ports(desired, changed))
+    }
+
+    fn sync_changed(
+        &mut self,
+        desired: &DesiredState,
+        changed: &BTreeSet<ServicePortKey>,
+    ) -> Result<SyncReport, ProxyError> {
+        let changed = if self.last.is_empty() {
+            None
+        } else {
+            // Only the named ports (and those that failed last time) can differ; skip those
+            // whose desired value did not change.
+            Some(
+                changed
+                    .iter()
+                    .chain(&self.retry)
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .filter(|k| desired.get(*k) != self.last.get(*k))
+                    .cloned()
+                    .collect(),
+            )
+        };
+        Ok(self.sync_ports(desired, changed))
     }
 
     fn metrics(&self) -> String {
@@ -948,5 +1026,36 @@ mod tests {
         let groups = plan(&kernel, &want3);
         apply_all(&mut kernel, &groups, &want3);
         assert!(kernel.backends.is_empty());
+    }
+
+    /// Backends not on this node carry the REMOTE flag (the tc program SNATs NodePort flows to
+    /// them); an `externalTrafficPolicy: Local` NodePort frontend names only local backends,
+    /// while its ClusterIP frontend names all.
+    #[test]
+    fn remote_backends_are_flagged_and_local_policy_keeps_only_local_ones() {
+        let (_, mut sp) = svc(
+            "web",
+            [10, 96, 0, 1],
+            &[([10, 0, 0, 1], true, false), ([10, 0, 0, 2], true, false)],
+        );
+        sp.endpoints[0].local = true;
+        sp.node_port = Some(30080);
+        let mut ids = Ids::default();
+        let part = contribution(&sp, &mut ids);
+        let flags: BTreeMap<Ipv4Addr, u8> =
+            part.backends.values().map(|b| (b.addr(), b.flags)).collect();
+        assert_eq!(flags[&Ipv4Addr::new(10, 0, 0, 1)], 0, "local: no SNAT");
+        assert_eq!(flags[&Ipv4Addr::new(10, 0, 0, 2)], BACKEND_F_REMOTE);
+        let node_port = SvcKey::new(Ipv4Addr::UNSPECIFIED, 30080, IPPROTO_TCP, 0);
+        let cluster_ip = SvcKey::new(Ipv4Addr::new(10, 96, 0, 1), 80, IPPROTO_TCP, 0);
+        assert_eq!(part.frontends[&node_port].slots.len(), 2, "eTP Cluster: every endpoint");
+        sp.external_local = true;
+        let part = contribution(&sp, &mut ids);
+        let local_id = part.backends.iter().find(|(_, b)| b.flags == 0).map(|(id, _)| *id);
+        assert_eq!(part.frontends[&node_port].slots, local_id.into_iter().collect::<Vec<_>>());
+        assert_eq!(part.frontends[&cluster_ip].slots.len(), 2, "ClusterIP: every endpoint");
+        let internal = SvcKey { scope: SCOPE_INTERNAL, ..node_port };
+        assert_eq!(part.frontends[&internal].slots.len(), 2, "node-local clients: every endpoint");
+        assert_ne!(part.frontends[&internal].svc_id, part.frontends[&node_port].svc_id);
     }
 }

@@ -14,7 +14,7 @@ pub mod source;
 pub mod standalone;
 pub mod tracker;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 
@@ -166,6 +166,17 @@ pub trait Proxier {
     fn mode(&self) -> &'static str;
     /// Programs `desired`. Per-service failures are reported in [`SyncReport::failed`].
     fn sync(&mut self, desired: &DesiredState) -> Result<SyncReport, ProxyError>;
+    /// Programs `desired` when only the Service ports in `changed` can differ from the last
+    /// sync (added, removed or changed; [`tracker::ServiceTracker::update`] returns them), so a
+    /// proxier can work in proportion to the change. The default compares everything.
+    fn sync_changed(
+        &mut self,
+        desired: &DesiredState,
+        changed: &BTreeSet<ServicePortKey>,
+    ) -> Result<SyncReport, ProxyError> {
+        let _ = changed;
+        self.sync(desired)
+    }
     /// Prometheus text exposition of this proxier's metrics.
     fn metrics(&self) -> String;
 }

@@ -68,6 +68,18 @@ pub fn parse_objects(text: &str) -> Result<Vec<Object>, SourceError> {
 
 /// Reads `path` (`-` = stdin) into a fresh tracker for `node`.
 pub fn load(path: &Path, node: &str) -> Result<ServiceTracker, SourceError> {
+    let mut tracker = ServiceTracker::new(node);
+    for obj in read(path)? {
+        match obj {
+            Object::Service(s) => tracker.upsert_service(*s),
+            Object::EndpointSlice(s) => tracker.upsert_slice(*s),
+        }
+    }
+    Ok(tracker)
+}
+
+/// Reads the objects in `path` (`-` = stdin).
+pub fn read(path: &Path) -> Result<Vec<Object>, SourceError> {
     let text = if path == Path::new("-") {
         let mut s = String::new();
         std::io::stdin()
@@ -78,14 +90,7 @@ pub fn load(path: &Path, node: &str) -> Result<ServiceTracker, SourceError> {
         std::fs::read_to_string(path)
             .map_err(|source| SourceError::Io { what: path.display().to_string(), source })?
     };
-    let mut tracker = ServiceTracker::new(node);
-    for obj in parse_objects(&text)? {
-        match obj {
-            Object::Service(s) => tracker.upsert_service(*s),
-            Object::EndpointSlice(s) => tracker.upsert_slice(*s),
-        }
-    }
-    Ok(tracker)
+    parse_objects(&text)
 }
 
 #[cfg(test)]

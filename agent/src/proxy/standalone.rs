@@ -4,6 +4,9 @@
 //! `externalTrafficPolicy: Local` Services, periodic conntrack-style GC of the
 //! socket reverse-NAT map, program events into `tracing`.
 //!
+//! SIGTERM or SIGINT ends the loop (exit 0); maps and links stay pinned, so the data plane
+//! keeps working and the next start adopts it.
+//!
 //! Also the measurement hooks the data-plane benchmark drives: `--churn N` toggles one endpoint
 //! N times after the first sync and reports each sync's latency and the process CPU time.
 
@@ -18,6 +21,11 @@ use crate::kernel::iptables::{Iptables, IptablesBackend};
 
 use super::ebpf::{EbpfConfig, EbpfProxier};
 use super::iptables::{IptablesConfig, IptablesProxier};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+use super::tracker::ServiceTracker;
 use super::{DesiredState, Proxier, ProxyError, source};
 
 /// Which data plane to program.
@@ -48,8 +56,9 @@ pub struct StandaloneConfig {
     pub churn_interval: Duration,
     pub healthz: Option<SocketAddr>,
     pub gc_interval: Duration,
-    /// eBPF mode: attach the tc NodePort programs to this interface, for this node address.
-    pub nodeport: Option<(String, std::net::Ipv4Addr)>,
+    /// eBPF mode: node interfaces to attach the tc NodePort programs to, each with its address
+    /// (a NodePort address, and the SNAT source of flows that leave by it for another node).
+    pub nodeport: Vec<(String, std::net::Ipv4Addr)>,
     /// NodePort conntrack entries idle this long are removed by the GC.
     pub conntrack_idle: Duration,
 }
@@ -87,6 +96,7 @@ fn start(cfg: &StandaloneConfig) -> Result<Any, ProxyError> {
             pin_root: cfg.pin_root.clone(),
             cgroup: cfg.cgroup.clone(),
             map_sizes: cfg.map_sizes,
+            node_addresses: cfg.nodeport.iter().map(|(_, ip)| *ip).collect(),
         })?)),
         Mode::Iptables => {
             let ipt = match cfg.iptables_backend {
@@ -144,47 +154,73 @@ fn cpu_seconds() -> f64 {
     total
 }
 
-/// The desired state with one endpoint of the first Service port with endpoints flipped
-/// between ready and absent (`step` odd: removed).
-fn churned(base: &DesiredState, step: usize) -> DesiredState {
-    let mut d = base.clone();
-    if step % 2 == 1
-        && let Some(sp) = d.values_mut().find(|s| s.endpoints.len() > 1)
-    {
-        sp.endpoints.pop();
+/// The EndpointSlice the churn toggles: the first (by namespace and name) with more than one
+/// endpoint, and a copy of it without its last endpoint.
+fn churn_slices(tracker: &ServiceTracker) -> Option<(EndpointSlice, EndpointSlice)> {
+    let full = tracker.slices().find(|s| s.endpoints.len() > 1)?.clone();
+    let mut less = full.clone();
+    less.endpoints.pop();
+    Some((full, less))
+}
+
+/// Blocks SIGTERM and SIGINT for this thread (and the threads it starts) and returns a
+/// non-blocking signalfd that reports them.
+fn stop_signals() -> Result<SignalFd, ProxyError> {
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGTERM);
+    mask.add(Signal::SIGINT);
+    let io = |e: nix::Error| source::SourceError::Io {
+        what: "signal handling".into(),
+        source: std::io::Error::from_raw_os_error(e as i32),
+    };
+    mask.thread_block().map_err(io)?;
+    Ok(SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK).map_err(io)?)
+}
+
+/// `--churn`: each step changes one EndpointSlice (one endpoint removed, then back) and times
+/// the whole path an API event takes: tracker update, then the proxier's sync of what changed.
+fn churn(
+    tracker: &mut ServiceTracker,
+    proxier: &mut dyn Proxier,
+    cfg: &StandaloneConfig,
+) -> Result<Vec<f64>, ProxyError> {
+    let mut seconds = Vec::new();
+    let Some((full, less)) = churn_slices(tracker) else { return Ok(seconds) };
+    for step in 1..=cfg.churn {
+        let next = Instant::now() + cfg.churn_interval;
+        let slice = if step % 2 == 1 { less.clone() } else { full.clone() };
+        let t = Instant::now();
+        tracker.upsert_slice(slice);
+        let ports = tracker.update();
+        proxier.sync_changed(tracker.state(), &ports)?;
+        seconds.push(t.elapsed().as_secs_f64());
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }
-    d
+    Ok(seconds)
 }
 
 /// Runs the proxy as configured. With `once`, returns after the first sync (and the churn).
 pub fn run(cfg: &StandaloneConfig) -> Result<Option<RunReport>, ProxyError> {
-    let tracker = source::load(&cfg.source, &cfg.node)?;
-    let desired = tracker.desired();
+    let mut tracker = source::load(&cfg.source, &cfg.node)?;
+    tracker.update();
     let mut proxier = start(cfg)?;
     let t0 = Instant::now();
-    let first = proxier.get().sync(&desired)?;
+    let first = proxier.get().sync(tracker.state())?;
     let full = t0.elapsed().as_secs_f64();
+    let service_ports = tracker.state().len();
     tracing::info!(
         mode = proxier.get().mode(),
-        service_ports = desired.len(),
+        service_ports,
         seconds = full,
         failed = first.failed.len(),
         "synced"
     );
     if cfg.once {
-        let mut changes = Vec::new();
         let (cpu0, w0) = (cpu_seconds(), Instant::now());
-        for step in 1..=cfg.churn {
-            let next = Instant::now() + cfg.churn_interval;
-            let d = churned(&desired, step);
-            let t = Instant::now();
-            proxier.get().sync(&d)?;
-            changes.push(t.elapsed().as_secs_f64());
-            std::thread::sleep(next.saturating_duration_since(Instant::now()));
-        }
+        let changes = churn(&mut tracker, proxier.get(), cfg)?;
         let report = RunReport {
             mode: proxier.get().mode(),
-            service_ports: desired.len(),
+            service_ports,
             full_sync_seconds: full,
             change_sync_seconds: changes,
             churn_cpu_seconds: cpu_seconds() - cpu0,
@@ -193,6 +229,9 @@ pub fn run(cfg: &StandaloneConfig) -> Result<Option<RunReport>, ProxyError> {
         };
         return Ok(Some(report));
     }
+    // SIGTERM/SIGINT end the loop cleanly: blocked here (threads spawned below inherit the
+    // mask) and read from a signalfd once per round.
+    let signals = stop_signals()?;
     let state = Arc::new(Mutex::new((SystemTime::now(), proxier.get().metrics())));
     if let Some(addr) = cfg.healthz {
         let listener = TcpListener::bind(addr)
@@ -200,27 +239,37 @@ pub fn run(cfg: &StandaloneConfig) -> Result<Option<RunReport>, ProxyError> {
         serve_health(listener, Arc::clone(&state));
     }
     // The tc programs share the socket LB's pinned maps; their links live as long as this loop.
-    let mut nodeport = match (&cfg.nodeport, cfg.mode) {
-        (Some((iface, ip)), Mode::Ebpf) => {
-            Some(bpf_lb::TcNodePort::attach(&cfg.pin_root, cfg.map_sizes, *ip, iface)?)
+    let mut nodeport = Vec::new();
+    if cfg.mode == Mode::Ebpf {
+        for (iface, ip) in &cfg.nodeport {
+            nodeport.push(bpf_lb::TcNodePort::attach(&cfg.pin_root, cfg.map_sizes, *ip, iface)?);
         }
-        _ => None,
-    };
+    }
     let mut health_checks = HealthCheckServer::new(None);
-    health_checks.update(&desired);
+    health_checks.update(tracker.state());
     let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let mut seen = mtime(&cfg.source);
     let mut last_gc = Instant::now();
+    let mut conntrack = ConntrackStats::default();
     loop {
         std::thread::sleep(Duration::from_millis(200));
+        if let Ok(Some(info)) = signals.read_signal() {
+            tracing::info!(
+                signal = info.ssi_signo,
+                "stopping; the data plane stays programmed (maps and links are pinned)"
+            );
+            return Ok(None);
+        }
         let now = mtime(&cfg.source);
         if now != seen {
             seen = now;
-            match source::load(&cfg.source, &cfg.node) {
-                Ok(t) => {
-                    let desired = t.desired();
-                    let report = proxier.get().sync(&desired)?;
-                    health_checks.update(&desired);
+            match source::read(&cfg.source) {
+                Ok(objects) => {
+                    // Only the objects that differ from what the tracker holds are re-derived.
+                    tracker.replace_all(objects);
+                    let ports = tracker.update();
+                    let report = proxier.get().sync_changed(tracker.state(), &ports)?;
+                    health_checks.update(tracker.state());
                     tracing::info!(
                         changed = report.changed,
                         removed = report.removed,
@@ -237,27 +286,67 @@ pub fn run(cfg: &StandaloneConfig) -> Result<Option<RunReport>, ProxyError> {
             p.poll_events();
             if last_gc.elapsed() >= cfg.gc_interval {
                 last_gc = Instant::now();
-                match p.gc() {
-                    Ok(n) if n > 0 => {
-                        tracing::info!(removed = n, "garbage-collected socket reverse-NAT entries");
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "gc failed"),
-                }
-                if let Some(np) = nodeport.as_mut() {
-                    match np.gc(cfg.conntrack_idle) {
-                        Ok(n) if n > 0 => {
-                            tracing::info!(removed = n, "garbage-collected idle NodePort flows");
-                        }
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "conntrack gc failed"),
-                    }
-                }
+                gc_tick(p, nodeport.first_mut(), cfg, &mut conntrack);
             }
         }
         if let Ok(mut s) = state.lock() {
-            *s = (SystemTime::now(), proxier.get().metrics());
+            let mut metrics = proxier.get().metrics();
+            if !nodeport.is_empty() {
+                metrics.push_str(&conntrack.metrics());
+            }
+            *s = (SystemTime::now(), metrics);
         }
+    }
+}
+
+/// The NodePort conntrack map as of the last GC pass.
+#[derive(Debug, Default)]
+struct ConntrackStats {
+    /// Entries left after the last pass (both directions and SNAT entries of every flow).
+    entries: usize,
+    removed_total: u64,
+}
+
+impl ConntrackStats {
+    fn metrics(&self) -> String {
+        format!(
+            "# HELP skiff_proxy_conntrack_entries NodePort conntrack entries after the last GC pass (map size {}).\n# TYPE skiff_proxy_conntrack_entries gauge\nskiff_proxy_conntrack_entries {}\n\
+             # HELP skiff_proxy_conntrack_gc_removed_total Idle NodePort conntrack entries removed.\n# TYPE skiff_proxy_conntrack_gc_removed_total counter\nskiff_proxy_conntrack_gc_removed_total {}\n",
+            bpf_lb::CT4_MAX_ENTRIES,
+            self.entries,
+            self.removed_total
+        )
+    }
+}
+
+/// One GC pass: stale socket reverse-NAT and affinity entries, idle NodePort flows (every tc
+/// attachment shares one conntrack map, so one pass covers all).
+fn gc_tick(
+    p: &mut EbpfProxier,
+    nodeport: Option<&mut bpf_lb::TcNodePort>,
+    cfg: &StandaloneConfig,
+    conntrack: &mut ConntrackStats,
+) {
+    match p.gc() {
+        Ok(n) if n > 0 => {
+            tracing::info!(removed = n, "garbage-collected socket reverse-NAT entries");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "gc failed"),
+    }
+    let Some(np) = nodeport else { return };
+    match np.gc(cfg.conntrack_idle) {
+        Ok(n) => {
+            if n > 0 {
+                tracing::info!(removed = n, "garbage-collected idle NodePort flows");
+            }
+            conntrack.removed_total += n as u64;
+        }
+        Err(e) => tracing::warn!(error = %e, "conntrack gc failed"),
+    }
+    match np.conntrack_entries() {
+        Ok(n) => conntrack.entries = n,
+        Err(e) => tracing::warn!(error = %e, "cannot count conntrack entries"),
     }
 }
 

@@ -39,6 +39,8 @@ const MAX_INFLIGHT_BATCHES: usize = 2;
 /// Queue of writes waiting to be batched.
 const PROPOSAL_QUEUE: usize = 8192;
 const READ_QUEUE: usize = 8192;
+/// How long one snapshot chunk may take to reach a follower and be written there.
+const SNAPSHOT_CHUNK_TIMEOUT_MS: u64 = 10_000;
 
 /// Raft timing and snapshot policy.
 #[derive(Debug, Clone)]
@@ -177,6 +179,10 @@ impl Store {
             max_in_snapshot_log_to_keep: t.keep_logs,
             max_payload_entries: 64,
             snapshot_max_chunk_size: 1 << 20,
+            // Per-chunk RPC timeout. openraft's 200 ms default is shorter than a 1 MiB chunk
+            // takes to encode, send and write on a loaded 2-core machine; a timed-out chunk is
+            // resent, so under load the transfer could make no progress at all.
+            install_snapshot_timeout: SNAPSHOT_CHUNK_TIMEOUT_MS,
             ..Config::default()
         }
         .validate()

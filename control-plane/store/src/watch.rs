@@ -2,13 +2,19 @@
 //! revision out of the MVCC store, then follows the live batches. A watcher tracks the next
 //! revision it owes its client, so it never skips or repeats a revision, also when it falls
 //! behind (it re-reads history) or when a snapshot replaces the data under it.
+//!
+//! The state machine records only the event detail current watchers need
+//! ([`WatchHub::event_detail`]): none without watchers, no `prev_kv` unless a watcher asks for
+//! it. A watcher that gets a batch with less detail than it needs reads those revisions from
+//! history instead, so registering concurrently with an apply never loses anything.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::broadcast;
 
 use crate::error::KvError;
-use crate::mvcc::Mvcc;
+use crate::mvcc::{EventDetail, Mvcc};
 use crate::types::{Event, EventKind, KeyRange};
 
 /// Batches kept for slow watchers before they fall back to reading history.
@@ -22,6 +28,8 @@ pub struct Published {
     pub from: i64,
     pub to: i64,
     pub events: Vec<Event>,
+    /// What `events` carry; with less than a watcher needs, it reads history instead.
+    pub detail: EventDetail,
 }
 
 /// Fan-out of applied changes to watchers on this replica.
@@ -29,6 +37,8 @@ pub struct Published {
 pub struct WatchHub {
     tx: broadcast::Sender<Arc<Published>>,
     mvcc: Arc<Mvcc>,
+    /// Live watchers that asked for `prev_kv`.
+    prev_kv_watchers: Arc<AtomicUsize>,
 }
 
 /// What a watcher wants.
@@ -45,15 +55,27 @@ pub struct WatchSpec {
 impl WatchHub {
     pub fn new(mvcc: Arc<Mvcc>) -> Self {
         let (tx, _) = broadcast::channel(LIVE_CAPACITY);
-        Self { tx, mvcc }
+        Self { tx, mvcc, prev_kv_watchers: Arc::default() }
+    }
+
+    /// The detail the next applied batch should record for the watchers registered now. The
+    /// state machine asks while it holds the MVCC write lock (see [`Mvcc::writer_with`]).
+    pub fn event_detail(&self) -> EventDetail {
+        if self.prev_kv_watchers.load(Ordering::SeqCst) > 0 {
+            EventDetail::WithPrevKv
+        } else if self.tx.receiver_count() > 0 {
+            EventDetail::Events
+        } else {
+            EventDetail::None
+        }
     }
 
     /// Publishes the revisions `from..=to` (called by the state machine after each commit; an
     /// empty range with `from > to + 1` tells watchers to re-read history, e.g. after a
     /// snapshot was installed).
-    pub fn publish(&self, from: i64, to: i64, events: Vec<Event>) {
+    pub fn publish(&self, from: i64, to: i64, events: Vec<Event>, detail: EventDetail) {
         // No receivers is fine: nobody watches.
-        let _ = self.tx.send(Arc::new(Published { from, to, events }));
+        let _ = self.tx.send(Arc::new(Published { from, to, events, detail }));
     }
 
     pub fn watcher_count(&self) -> usize {
@@ -62,7 +84,9 @@ impl WatchHub {
 
     /// Starts a watcher. `Compacted` if the start revision is no longer retained.
     pub fn watch(&self, spec: WatchSpec) -> Result<Watcher, KvError> {
-        // Subscribe before reading the revision, so nothing published after it is missed.
+        // Count and subscribe before reading the revision, so that every batch committed after
+        // that read either carries the detail this watcher needs or is read from history.
+        let prev_kv = spec.prev_kv.then(|| PrevKvGuard::new(&self.prev_kv_watchers));
         let rx = self.tx.subscribe();
         let current = self.mvcc.revision();
         let next = if spec.start_revision <= 0 { current + 1 } else { spec.start_revision };
@@ -70,7 +94,24 @@ impl WatchHub {
         if next <= compact {
             return Err(KvError::Compacted { compact_revision: compact });
         }
-        Ok(Watcher { rx, mvcc: self.mvcc.clone(), spec, next })
+        Ok(Watcher { rx, mvcc: self.mvcc.clone(), spec, next, _prev_kv: prev_kv })
+    }
+}
+
+/// Counts a live watcher that wants `prev_kv` for as long as it exists.
+#[derive(Debug)]
+struct PrevKvGuard(Arc<AtomicUsize>);
+
+impl PrevKvGuard {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count.clone())
+    }
+}
+
+impl Drop for PrevKvGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -81,6 +122,7 @@ pub struct Watcher {
     mvcc: Arc<Mvcc>,
     spec: WatchSpec,
     next: i64,
+    _prev_kv: Option<PrevKvGuard>,
 }
 
 impl Watcher {
@@ -135,6 +177,16 @@ impl Watcher {
                         // A gap (snapshot installed): the loop re-reads history.
                         continue;
                     }
+                    let needed = if self.spec.prev_kv {
+                        EventDetail::WithPrevKv
+                    } else {
+                        EventDetail::Events
+                    };
+                    if p.detail < needed {
+                        // Applied before this watcher was counted: the loop reads it from
+                        // history.
+                        continue;
+                    }
                     let out = self.select(p.events.iter().cloned());
                     self.next = p.to + 1;
                     if !out.is_empty() {
@@ -154,16 +206,17 @@ mod tests {
     use crate::types::{PutRequest, WriteOp};
 
     fn put(m: &Mvcc, hub: &WatchHub, k: &str) {
-        let mut w = m.writer();
+        let mut w = m.writer_with(|| hub.event_detail());
         let from = w.revision() + 1;
-        w.apply(&WriteOp::Put(PutRequest {
+        w.apply(WriteOp::Put(PutRequest {
             key: k.into(),
             value: b"v".to_vec(),
             ..Default::default()
         }))
         .unwrap();
+        let detail = w.detail();
         let (to, events) = w.commit(None).unwrap();
-        hub.publish(from, to, events);
+        hub.publish(from, to, events, detail);
     }
 
     #[tokio::test]
@@ -198,5 +251,55 @@ mod tests {
         assert_eq!(sorted, seen, "in order, no duplicates");
         assert_eq!(seen[..5], [2, 4, 6, 8, 10]);
         assert_eq!(w.progress_revision(), m.revision());
+    }
+
+    /// A batch recorded with less detail than a watcher needs (it applied before the watcher
+    /// was counted) reaches that watcher from history, `prev_kv` included.
+    #[tokio::test]
+    async fn batches_without_the_needed_detail_are_read_from_history() {
+        let dir = tempfile::Builder::new().prefix("skiff-test-watch").tempdir().unwrap();
+        let m = Arc::new(Mvcc::open(crate::db::open(dir.path()).unwrap()).unwrap());
+        let hub = WatchHub::new(m.clone());
+        assert_eq!(hub.event_detail(), EventDetail::None, "nobody watches");
+        put(&m, &hub, "/a/1");
+        let mut plain =
+            hub.watch(WatchSpec { range: KeyRange::prefix("/a/"), ..Default::default() }).unwrap();
+        assert_eq!(hub.event_detail(), EventDetail::Events);
+        let mut with_prev = hub
+            .watch(WatchSpec {
+                range: KeyRange::prefix("/a/"),
+                prev_kv: true,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(hub.event_detail(), EventDetail::WithPrevKv);
+        for detail in [EventDetail::None, EventDetail::Events] {
+            let mut w = m.writer_with(|| detail);
+            let from = w.revision() + 1;
+            w.apply(WriteOp::Put(PutRequest {
+                key: "/a/1".into(),
+                value: format!("{detail:?}").into_bytes(),
+                ..Default::default()
+            }))
+            .unwrap();
+            let (to, events) = w.commit(None).unwrap();
+            assert_eq!(events.len(), usize::from(detail != EventDetail::None));
+            hub.publish(from, to, events, detail);
+        }
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            got.extend(with_prev.next().await.unwrap());
+        }
+        let prev: Vec<_> =
+            got.iter().map(|e| e.prev_kv.as_ref().map(|p| p.value.clone())).collect();
+        assert_eq!(prev, [Some(b"v".to_vec()), Some(b"None".to_vec())]);
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            got.extend(plain.next().await.unwrap());
+        }
+        let revs: Vec<_> = got.iter().map(|e| (e.kv.mod_revision, e.prev_kv.is_none())).collect();
+        assert_eq!(revs, [(3, true), (4, true)]);
+        drop(with_prev);
+        assert_eq!(hub.event_detail(), EventDetail::Events);
     }
 }

@@ -12,16 +12,23 @@
 
 #include <linux/types.h>
 
-#define SKIFF_LB_LAYOUT 1
+#define SKIFF_LB_LAYOUT 2
 
 /* svc4 key: slot 0 is the frontend, slots 1..count hold backend ids. */
 struct lb4_svc_key {
 	__be32 vip;
 	__be16 port;
 	__u8 proto; /* IPPROTO_TCP / IPPROTO_UDP */
-	__u8 scope; /* reserved, 0 */
+	__u8 scope; /* lb4_scope */
 	__u16 slot;
 	__u16 pad;
+};
+
+enum lb4_scope {
+	LB4_SCOPE_EXTERNAL = 0,
+	/* A NodePort (address 0) of an externalTrafficPolicy: Local Service for clients on this
+	 * node (socket LB): every endpoint, where the external frontend names only local ones. */
+	LB4_SCOPE_INTERNAL = 1,
 };
 
 enum lb4_svc_flags {
@@ -48,11 +55,19 @@ enum lb4_backend_state {
 	LB4_BACKEND_TERMINATING = 1, /* kept for existing flows, in no slot */
 };
 
+enum lb4_backend_flags {
+	/* Not on this node (EndpointSlice nodeName is another node, or unknown): NodePort traffic
+	 * to it from outside is SNATed to the node, so the reply comes back through this node. */
+	LB4_BACKEND_F_REMOTE = 1 << 0,
+};
+
 struct lb4_backend {
 	__be32 ip;
 	__be16 port;
 	__u8 proto;
-	__u8 state;
+	__u8 state; /* lb4_backend_state */
+	__u8 flags; /* lb4_backend_flags */
+	__u8 pad[3];
 };
 
 struct lb4_revnat {
@@ -99,7 +114,11 @@ enum lb_stat {
 	LB_STAT_BACKEND_MISSING = 4,
 	LB_STAT_AFFINITY_HIT = 5,
 	LB_STAT_SKREV_FAIL = 6,
-	LB_STAT_MAX = 7,
+	LB_STAT_NODEPORT_NEW = 7, /* tc: new NodePort flows */
+	LB_STAT_SNAT = 8, /* tc: SNAT ports chosen (flows to backends on other nodes) */
+	LB_STAT_SNAT_FAIL = 9, /* tc: no free SNAT port found: packet dropped */
+	LB_STAT_BIND_REFUSED = 10, /* post_bind4: bind to a NodePort refused */
+	LB_STAT_MAX = 11,
 };
 
 enum lb_event_kind {

@@ -35,4 +35,21 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } maglev4 SEC(".maps");
 
+/* Per-CPU counters of both programs (enum lb_stat). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LB_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lb_stats SEC(".maps");
+
+static __always_inline void stat_inc(__u32 which)
+{
+	__u64 *c = bpf_map_lookup_elem(&lb_stats, &which);
+
+	if (c)
+		*c += 1; /* per-CPU value: no other CPU writes it */
+}
+
 #endif

@@ -1,13 +1,19 @@
 //! Test helper process for the data-plane tests: `serve` runs TCP and UDP servers that answer
-//! with their own id; `client` joins a cgroup and a network namespace and runs probe commands read
+//! with their own id (and, asked `src`, the source address they see; `--netns` may repeat, each
+//! server binds in the namespace named last before it); `client` joins a cgroup and a network namespace and runs probe commands read
 //! from stdin, one line of result per command.
 //!
 //! Client commands (results start with `ok` or `err <kind>`):
 //! - `tcp IP PORT N`: N sequential connections; `ok ID,ID,... peer=IP:PORT` (last peer address)
 //! - `tcpports IP PORT N`: N connections; `ok ID:LOCALPORT,...`
+//! - `tcpsrc IP PORT N`: N connections, each asks the server which source address it saw;
+//!   `ok ID@SRCIP:SRCPORT,... peer=IP:PORT`
+//! - `udpsrc IP PORT N`: N new sockets, one `src` datagram each; `ok ID@SRC,... from=ADDR,...`
 //! - `udp IP PORT N`: N new unconnected sockets, one datagram each; `ok ID,... from=ADDR,...`
 //! - `udpconn IP PORT N`: one connected socket, N datagrams; `ok ID,... peer=ADDR`
 //! - `hold IP PORT`: opens a connection and keeps it; `ok INDEX ID`
+//! - `bind IP PORT` / `bindudp IP PORT`: binds a TCP listener / UDP socket and closes it;
+//!   `ok bound`
 //! - `ping INDEX`: a round trip on a held connection; `ok ECHO`
 
 use std::collections::BTreeSet;
@@ -81,10 +87,12 @@ fn tcp_server(l: &TcpListener, id: &str) {
             if writeln!(w, "{id}").is_err() {
                 return;
             }
+            let src = w.peer_addr().map(|a| a.to_string()).unwrap_or_default();
             let Ok(r) = w.try_clone() else { return };
             for line in BufReader::new(r).lines() {
                 let Ok(line) = line else { return };
-                if writeln!(w, "{id} {line}").is_err() {
+                let answer = if line == "src" { &src } else { &line };
+                if writeln!(w, "{id} {answer}").is_err() {
                     return;
                 }
             }
@@ -94,8 +102,12 @@ fn tcp_server(l: &TcpListener, id: &str) {
 
 fn udp_server(s: &UdpSocket, id: &str) {
     let mut buf = [0u8; 1500];
-    while let Ok((_, from)) = s.recv_from(&mut buf) {
-        let _ = s.send_to(id.as_bytes(), from);
+    while let Ok((len, from)) = s.recv_from(&mut buf) {
+        if &buf[..len] == b"src" {
+            let _ = s.send_to(format!("{id}@{from}").as_bytes(), from);
+        } else {
+            let _ = s.send_to(id.as_bytes(), from);
+        }
     }
 }
 
@@ -182,7 +194,23 @@ fn run(
             }
             Ok(format!("ok {}", out.join(",")))
         }
-        Some("udp") => {
+        Some("tcpsrc") => {
+            let (addr, n) = target(words)?;
+            let mut out = Vec::new();
+            let mut peer = String::new();
+            for _ in 0..n {
+                let (mut r, mut s) = connect(addr)?;
+                peer = s.peer_addr().map_err(|e| kind(&e))?.to_string();
+                let id = read_line(&mut r)?;
+                writeln!(s, "src").map_err(|e| kind(&e))?;
+                let answer = read_line(&mut r)?;
+                let src = answer.strip_prefix(&format!("{id} ")).unwrap_or(&answer).to_owned();
+                out.push(format!("{id}@{src}"));
+            }
+            Ok(format!("ok {} peer={peer}", out.join(",")))
+        }
+        Some(cmd @ ("udp" | "udpsrc")) => {
+            let payload: &[u8] = if cmd == "udpsrc" { b"src" } else { b"x" };
             let (addr, n) = target(words)?;
             let mut ids = Vec::new();
             let mut froms = BTreeSet::new();
@@ -190,7 +218,7 @@ fn run(
             for _ in 0..n {
                 let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| kind(&e))?;
                 s.set_read_timeout(Some(TIMEOUT)).map_err(|e| kind(&e))?;
-                s.send_to(b"x", addr).map_err(|e| kind(&e))?;
+                s.send_to(payload, addr).map_err(|e| kind(&e))?;
                 let (len, from) = s.recv_from(&mut buf).map_err(|e| kind(&e))?;
                 ids.push(String::from_utf8_lossy(&buf[..len]).into_owned());
                 froms.insert(from.to_string());
@@ -215,6 +243,15 @@ fn run(
             }
             let peer = s.peer_addr().map_err(|e| kind(&e))?;
             Ok(format!("ok {} peer={peer}", ids.join(",")))
+        }
+        Some(cmd @ ("bind" | "bindudp")) => {
+            let (addr, _) = target(words)?;
+            if cmd == "bind" {
+                drop(TcpListener::bind(addr).map_err(|e| kind(&e))?);
+            } else {
+                drop(UdpSocket::bind(addr).map_err(|e| kind(&e))?);
+            }
+            Ok("ok bound".to_owned())
         }
         Some("hold") => {
             let (addr, _) = target(words)?;

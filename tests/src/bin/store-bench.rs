@@ -35,6 +35,8 @@ use tonic::transport::{Channel, Endpoint};
 
 const VALUE_BYTES: usize = 256;
 const KEY_SPACE: u64 = 100_000;
+/// Client counts of the timed put phases in a full report.
+const ALL_CLIENTS: [usize; 4] = [1, 16, 64, 256];
 
 struct Scale {
     fill_writes: u64,
@@ -109,6 +111,21 @@ fn rss_bytes(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let ticks: u64 =
+        rest.split_whitespace().skip(11).take(2).filter_map(|v| v.parse::<u64>().ok()).sum();
+    // USER_HZ is 100 on Linux.
+    ticks as f64 / 100.0
+}
+
+fn cpu_total(pids: &[u32]) -> f64 {
+    pids.iter().map(|p| cpu_seconds(*p)).sum()
+}
+
 fn du(path: &Path) -> u64 {
     let mut total = 0;
     if let Ok(rd) = std::fs::read_dir(path) {
@@ -163,6 +180,8 @@ async fn wait_writable(endpoints: &[String]) -> Result<()> {
 
 struct PhaseResult {
     ops: u64,
+    /// CPU seconds the members used during the phase.
+    cpu_seconds: f64,
     errors: u64,
     seconds: f64,
     p50_ms: f64,
@@ -173,9 +192,14 @@ impl PhaseResult {
     fn rate(&self) -> f64 {
         self.ops as f64 / self.seconds
     }
+    /// Members' CPU milliseconds per completed op, summed over the cluster.
+    fn cpu_ms_per_op(&self) -> f64 {
+        self.cpu_seconds * 1000.0 / (self.ops.max(1) as f64)
+    }
     fn json(&self) -> serde_json::Value {
         json!({"ops": self.ops, "errors": self.errors, "seconds": self.seconds, "per_second": self.rate(),
-               "p50_ms": self.p50_ms, "p99_ms": self.p99_ms})
+               "p50_ms": self.p50_ms, "p99_ms": self.p99_ms, "cpu_seconds": self.cpu_seconds,
+               "cpu_ms_per_op": self.cpu_ms_per_op()})
     }
 }
 
@@ -190,6 +214,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 /// Runs `clients` loops of `op` until `count` ops are done or `duration` passes.
 async fn drive<F, Fut>(
     chans: &[Channel],
+    pids: &[u32],
     clients: usize,
     duration: Duration,
     count: Option<u64>,
@@ -202,6 +227,7 @@ where
     let op = Arc::new(op);
     let stop = Arc::new(AtomicBool::new(false));
     let issued = Arc::new(AtomicU64::new(0));
+    let cpu_before = cpu_total(pids);
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
@@ -240,9 +266,11 @@ where
     }
     stop.store(true, Ordering::Relaxed);
     let seconds = start.elapsed().as_secs_f64();
+    let cpu_seconds = cpu_total(pids) - cpu_before;
     all.sort_unstable();
     PhaseResult {
         ops: all.len() as u64,
+        cpu_seconds,
         errors,
         seconds,
         p50_ms: percentile(&all, 0.5),
@@ -359,25 +387,33 @@ async fn run_system(
     pids: &[u32],
     dirs: &[PathBuf],
     scale: &Scale,
+    client_counts: &[usize],
 ) -> Result<serde_json::Value> {
     wait_writable(endpoints).await?;
     let chans = channels(endpoints, 4).await?;
     eprintln!("[{name}] filling {} writes at 64 clients", scale.fill_writes);
-    let fill = drive(&chans, 64, Duration::from_hours(1), Some(scale.fill_writes), put_op).await;
+    let fill =
+        drive(&chans, pids, 64, Duration::from_hours(1), Some(scale.fill_writes), put_op).await;
     let disk: u64 = dirs.iter().map(|d| du(d)).sum();
     let mut writes = serde_json::Map::new();
-    for clients in [1usize, 16, 64, 256] {
-        let r = drive(&chans, clients, scale.phase, None, put_op).await;
+    for &clients in client_counts {
+        let r = drive(&chans, pids, clients, scale.phase, None, put_op).await;
         eprintln!(
-            "[{name}] puts, {clients} clients: {:.0}/s p50 {:.2} ms p99 {:.2} ms ({} errors)",
+            "[{name}] puts, {clients} clients: {:.0}/s p50 {:.2} ms p99 {:.2} ms ({} errors), \
+             members' CPU {:.3} ms/put",
             r.rate(),
             r.p50_ms,
             r.p99_ms,
-            r.errors
+            r.errors,
+            r.cpu_ms_per_op()
         );
         writes.insert(clients.to_string(), r.json());
     }
-    let reads = drive(&chans, 64, scale.phase, None, get_op).await;
+    if client_counts != ALL_CLIENTS {
+        // A profiling run of chosen write phases only.
+        return Ok(json!({"writes": writes}));
+    }
+    let reads = drive(&chans, pids, 64, scale.phase, None, get_op).await;
     eprintln!(
         "[{name}] linearizable gets, 64 clients: {:.0}/s p99 {:.2} ms",
         reads.rate(),
@@ -519,10 +555,23 @@ async fn main() -> Result<()> {
         .and_then(|i| args.get(i + 1))
         .cloned()
         .unwrap_or_default();
-    let scale = if small {
+    let mut scale = if small {
         Scale { fill_writes: 2_000, phase: Duration::from_secs(2), watch_events: 400 }
     } else {
         Scale { fill_writes: 100_000, phase: Duration::from_secs(10), watch_events: 4_000 }
+    };
+    let value_of = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1));
+    if let Some(v) = value_of("--phase-secs") {
+        scale.phase = Duration::from_secs(v.parse().context("--phase-secs takes whole seconds")?);
+    }
+    // `--clients 64,256` runs only those put phases and no read or watch phase (a profiling
+    // run: no report is written).
+    let client_counts: Vec<usize> = match value_of("--clients") {
+        Some(list) => list
+            .split(',')
+            .map(|c| c.trim().parse::<usize>().context("--clients takes a list like 64,256"))
+            .collect::<Result<_>>()?,
+        None => ALL_CLIENTS.to_vec(),
     };
     let before = loadavg();
     let tag = skiff_e2e::unique_tag();
@@ -530,6 +579,7 @@ async fn main() -> Result<()> {
 
     // `--skiff-only` skips the anchor (for profiling runs; no report is written then).
     let skiff_only = args.iter().any(|a| a == "--skiff-only");
+    let profiling = skiff_only || client_counts != ALL_CLIENTS;
     let etcd_result = if skiff_only {
         serde_json::Value::Null
     } else {
@@ -537,7 +587,7 @@ async fn main() -> Result<()> {
         let etcd = Etcd::start(&base.join("etcd"))?;
         let pids: Vec<u32> = etcd.children.iter().map(Child::id).collect();
         let dirs: Vec<PathBuf> = (0..3).map(|i| etcd.dir.join(format!("e{i}"))).collect();
-        run_system("etcd", &etcd.clients, &pids, &dirs, &scale).await?
+        run_system("etcd", &etcd.clients, &pids, &dirs, &scale, &client_counts).await?
     };
 
     eprintln!("starting Skiff (3 members)");
@@ -546,8 +596,9 @@ async fn main() -> Result<()> {
         masters.specs.iter().map(skiff_e2e::masters::MemberSpec::client_url).collect();
     let pids = masters.pids();
     let dirs: Vec<PathBuf> = masters.specs.iter().map(|s| s.data_dir.clone()).collect();
-    let skiff_result = run_system("skiff", &endpoints, &pids, &dirs, &scale).await?;
-    if skiff_only {
+    let skiff_result =
+        run_system("skiff", &endpoints, &pids, &dirs, &scale, &client_counts).await?;
+    if profiling {
         for s in &masters.specs {
             if let Ok((_, body)) = skiff_e2e::masters::http_get(s.metrics_port, "/metrics") {
                 let lines: Vec<&str> = body

@@ -30,7 +30,9 @@ const META_APPLIED: &[u8] = b"applied";
 /// What the `kv` column family stores per change.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Record {
+    #[serde(with = "crate::types::bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "crate::types::bytes")]
     pub value: Vec<u8>,
     pub create_revision: i64,
     pub version: i64,
@@ -81,6 +83,20 @@ struct State {
     applied: Vec<u8>,
 }
 
+/// How much a writer records about its changes for the watch hub. Building events costs a copy
+/// of every key and value, and their `prev_kv` a read of every overwritten value, so the state
+/// machine asks only for what current watchers need (a batch published with less detail makes
+/// its watchers read the revisions back from history; see `crate::watch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum EventDetail {
+    /// No events: nobody watches.
+    None,
+    /// Events without `prev_kv`.
+    Events,
+    /// Events with `prev_kv` (the previous live value of each changed key).
+    WithPrevKv,
+}
+
 /// The MVCC store. Cheap to share (`Arc`), readable from many tasks.
 #[derive(Debug)]
 pub struct Mvcc {
@@ -96,6 +112,7 @@ pub struct MvccDump {
     /// `(revision, record)` in revision order.
     pub records: Vec<(Rev, Record)>,
     /// The opaque applied state at the time of the dump (see [`MvccWriter::commit`]).
+    #[serde(with = "crate::types::bytes")]
     pub applied: Vec<u8>,
 }
 
@@ -160,15 +177,24 @@ impl Mvcc {
         range_in(&st, &reader, req, st.rev)
     }
 
-    /// Starts applying a batch of writes. Nothing is visible to readers until
-    /// [`MvccWriter::commit`].
+    /// Starts applying a batch of writes, recording full events (see [`Mvcc::writer_with`]).
+    /// Nothing is visible to readers until [`MvccWriter::commit`].
     pub fn writer(&self) -> MvccWriter<'_> {
+        self.writer_with(|| EventDetail::WithPrevKv)
+    }
+
+    /// Starts applying a batch of writes, recording the events `detail` asks for. `detail` is
+    /// called once the write lock is held, so a watcher that registers after it answered reads
+    /// the revision this batch commits, and never needs the batch's events.
+    pub fn writer_with(&self, detail: impl FnOnce() -> EventDetail) -> MvccWriter<'_> {
+        let st = self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         MvccWriter {
             db: &self.db,
-            st: self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner),
+            st,
             pending: HashMap::new(),
             batch: WriteBatch::default(),
             events: Vec::new(),
+            detail: detail(),
         }
     }
 
@@ -345,6 +371,7 @@ pub struct MvccWriter<'a> {
     pending: HashMap<Rev, Record>,
     batch: WriteBatch,
     events: Vec<Event>,
+    detail: EventDetail,
 }
 
 /// Changes made by one write op: its main revision is `st.rev + 1` once `subs > 0`.
@@ -358,25 +385,30 @@ impl MvccWriter<'_> {
         self.st.rev
     }
 
+    /// The event detail this writer records (what [`MvccWriter::commit`] returns).
+    pub fn detail(&self) -> EventDetail {
+        self.detail
+    }
+
     /// Applies one write. State-dependent failures (compacted, future revision) are returned as
     /// `WriteResult::Error` and change nothing.
-    pub fn apply(&mut self, op: &WriteOp) -> Result<WriteResult, StoreError> {
+    pub fn apply(&mut self, op: WriteOp) -> Result<WriteResult, StoreError> {
         let mut cur = TxnCursor { main: self.st.rev + 1, subs: 0 };
         let res = match op {
             WriteOp::Put(p) => match self.put(&mut cur, p)? {
                 Ok(r) => WriteResult::Put(r),
                 Err(e) => WriteResult::Error(e),
             },
-            WriteOp::DeleteRange(d) => WriteResult::DeleteRange(self.delete(&mut cur, d)?),
+            WriteOp::DeleteRange(d) => WriteResult::DeleteRange(self.delete(&mut cur, &d)?),
             WriteOp::Txn(t) => {
                 // Validate reads first so a failing range cannot leave half a txn staged.
-                if let Err(e) = self.check_txn(t, cur.main) {
+                if let Err(e) = self.check_txn(&t, cur.main) {
                     WriteResult::Error(e)
                 } else {
                     WriteResult::Txn(self.txn(&mut cur, t)?)
                 }
             }
-            WriteOp::Compact(at) => match self.compact(*at) {
+            WriteOp::Compact(at) => match self.compact(at) {
                 Ok(()) => WriteResult::Compact { revision: self.st.rev },
                 Err(e) => WriteResult::Error(e),
             },
@@ -406,7 +438,7 @@ impl MvccWriter<'_> {
     }
 
     fn stage(&mut self, cur: &mut TxnCursor, r: Record) -> Rev {
-        let rev = Rev::new(cur.main, cur.subs);
+        let rev = next_rev(cur);
         cur.subs += 1;
         self.batch.put_cf(cf(self.db, CF_KV), rev.to_bytes(), encode(&r));
         self.st.index.push(
@@ -420,43 +452,45 @@ impl MvccWriter<'_> {
     fn put(
         &mut self,
         cur: &mut TxnCursor,
-        p: &PutRequest,
+        p: PutRequest,
     ) -> Result<Result<PutResponse, KvError>, StoreError> {
         let prev =
             self.st.index.get(&p.key).and_then(|h| h.last().copied()).filter(|c| !c.tombstone);
-        let prev_kv = match prev {
-            Some(c) => Some(self.reader().kv(c.rev)?),
-            None => None,
-        };
-        if prev_kv.is_none() && (p.ignore_value || p.ignore_lease) {
+        if prev.is_none() && (p.ignore_value || p.ignore_lease) {
             return Ok(Err(KvError::InvalidArgument("key not found".into())));
         }
+        // The index has the previous create revision and version; the previous value is read
+        // only when the request or a watcher needs it (etcd does the same).
+        let want_prev =
+            p.prev_kv || p.ignore_value || p.ignore_lease || self.detail == EventDetail::WithPrevKv;
+        let mut prev_kv = match prev {
+            Some(c) if want_prev => Some(self.reader().kv(c.rev)?),
+            _ => None,
+        };
         let value = match (&prev_kv, p.ignore_value) {
             (Some(prev), true) => prev.value.clone(),
-            _ => p.value.clone(),
+            _ => p.value,
         };
         let lease = match (&prev_kv, p.ignore_lease) {
             (Some(prev), true) => prev.lease,
             _ => p.lease,
         };
-        let (create, version) = match &prev_kv {
-            Some(prev) => (prev.create_revision, prev.version + 1),
+        let (create, version) = match prev {
+            Some(c) => (c.create, c.version + 1),
             None => (cur.main, 1),
         };
-        let record = Record {
-            key: p.key.clone(),
-            value,
-            create_revision: create,
-            version,
-            lease,
-            tombstone: false,
-        };
-        let rev = self.stage(cur, record.clone());
-        self.events.push(Event {
-            kind: EventKind::Put,
-            kv: record.to_kv(rev),
-            prev_kv: prev_kv.clone(),
-        });
+        let record =
+            Record { key: p.key, value, create_revision: create, version, lease, tombstone: false };
+        if self.detail != EventDetail::None {
+            let kv = record.to_kv(next_rev(cur));
+            let prev_kv = match self.detail {
+                EventDetail::WithPrevKv if p.prev_kv => prev_kv.clone(),
+                EventDetail::WithPrevKv => prev_kv.take(),
+                _ => None,
+            };
+            self.events.push(Event { kind: EventKind::Put, kv, prev_kv });
+        }
+        self.stage(cur, record);
         Ok(Ok(PutResponse { revision: 0, prev_kv: if p.prev_kv { prev_kv } else { None } }))
     }
 
@@ -465,6 +499,7 @@ impl MvccWriter<'_> {
         cur: &mut TxnCursor,
         d: &DeleteRangeRequest,
     ) -> Result<DeleteRangeResponse, StoreError> {
+        let want_prev = d.prev_kv || self.detail == EventDetail::WithPrevKv;
         let live: Vec<(Vec<u8>, Rev)> = self
             .st
             .index
@@ -473,7 +508,7 @@ impl MvccWriter<'_> {
             .collect();
         let mut prev_kvs = Vec::new();
         for (key, prev_rev) in &live {
-            let prev = self.reader().kv(*prev_rev)?;
+            let prev = if want_prev { Some(self.reader().kv(*prev_rev)?) } else { None };
             let rec = Record {
                 key: key.clone(),
                 value: Vec::new(),
@@ -483,12 +518,24 @@ impl MvccWriter<'_> {
                 tombstone: true,
             };
             let rev = self.stage(cur, rec);
-            self.events.push(Event {
-                kind: EventKind::Delete,
-                kv: KeyValue { key: key.clone(), mod_revision: rev.main, ..KeyValue::default() },
-                prev_kv: Some(prev.clone()),
-            });
-            if d.prev_kv {
+            if self.detail != EventDetail::None {
+                self.events.push(Event {
+                    kind: EventKind::Delete,
+                    kv: KeyValue {
+                        key: key.clone(),
+                        mod_revision: rev.main,
+                        ..KeyValue::default()
+                    },
+                    prev_kv: if self.detail == EventDetail::WithPrevKv {
+                        prev.clone()
+                    } else {
+                        None
+                    },
+                });
+            }
+            if d.prev_kv
+                && let Some(prev) = prev
+            {
                 prev_kvs.push(prev);
             }
         }
@@ -545,7 +592,7 @@ impl MvccWriter<'_> {
         Ok(true)
     }
 
-    fn txn(&mut self, cur: &mut TxnCursor, t: &TxnRequest) -> Result<TxnResponse, StoreError> {
+    fn txn(&mut self, cur: &mut TxnCursor, t: TxnRequest) -> Result<TxnResponse, StoreError> {
         let mut ok = true;
         let visible = if cur.subs > 0 { cur.main } else { self.st.rev };
         for c in &t.compare {
@@ -554,14 +601,14 @@ impl MvccWriter<'_> {
                 break;
             }
         }
-        let ops = if ok { &t.success } else { &t.failure };
+        let ops = if ok { t.success } else { t.failure };
         let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
             responses.push(match op {
                 TxnOp::Range(r) => {
                     let visible = if cur.subs > 0 { cur.main } else { self.st.rev };
                     let resp =
-                        range_in(&self.st, &self.reader(), r, visible).map_err(|e| match e {
+                        range_in(&self.st, &self.reader(), &r, visible).map_err(|e| match e {
                             KvError::Storage(s) => StoreError::Corrupt(s),
                             other => StoreError::Corrupt(format!(
                                 "txn range failed after validation: {other}"
@@ -575,7 +622,7 @@ impl MvccWriter<'_> {
                     // an empty put response rather than abort the already-staged ops.
                     Err(_) => TxnOpResponse::Put(PutResponse::default()),
                 },
-                TxnOp::DeleteRange(d) => TxnOpResponse::DeleteRange(self.delete(cur, d)?),
+                TxnOp::DeleteRange(d) => TxnOpResponse::DeleteRange(self.delete(cur, &d)?),
                 TxnOp::Txn(inner) => TxnOpResponse::Txn(self.txn(cur, inner)?),
             });
         }
@@ -613,6 +660,11 @@ impl MvccWriter<'_> {
         self.db.write(std::mem::take(&mut self.batch))?;
         Ok((self.st.rev, std::mem::take(&mut self.events)))
     }
+}
+
+/// The revision the next change staged at `cur` gets.
+fn next_rev(cur: &TxnCursor) -> Rev {
+    Rev::new(cur.main, cur.subs)
 }
 
 fn set_txn_revision(r: &mut TxnResponse, rev: i64) {

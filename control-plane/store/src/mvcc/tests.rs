@@ -16,10 +16,9 @@ fn fixture() -> Fixture {
     Fixture { mvcc: Mvcc::open(db).unwrap(), _dir: dir }
 }
 
-#[expect(clippy::needless_pass_by_value, reason = "callers build the op inline")]
 fn write(m: &Mvcc, op: WriteOp) -> WriteResult {
     let mut w = m.writer();
-    let r = w.apply(&op).unwrap();
+    let r = w.apply(op).unwrap();
     w.commit(None).unwrap();
     r
 }
@@ -271,7 +270,7 @@ fn watch_events_carry_prev_kv_in_revision_order() {
     assert!(ev[0].prev_kv.is_none());
     // The writer reports the same events live.
     let mut w = m.writer();
-    w.apply(&WriteOp::Put(PutRequest { key: "b".into(), value: "x".into(), ..Default::default() }))
+    w.apply(WriteOp::Put(PutRequest { key: "b".into(), value: "x".into(), ..Default::default() }))
         .unwrap();
     let (rev, live) = w.commit(None).unwrap();
     assert_eq!((rev, live.len()), (5, 1));

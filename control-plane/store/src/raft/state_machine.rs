@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{LogId, Member, ProposalResult, StorageError, TypeConfig, encode};
 use crate::metrics::Metrics;
-use crate::mvcc::{Mvcc, MvccDump};
+use crate::mvcc::{EventDetail, Mvcc, MvccDump};
 use crate::watch::WatchHub;
 
 type Entry = openraft::Entry<TypeConfig>;
@@ -46,6 +46,7 @@ impl AppliedState {
 #[derive(Debug, Serialize, Deserialize)]
 struct SnapshotFile {
     meta: Meta,
+    #[serde(with = "crate::types::bytes")]
     data: Vec<u8>,
 }
 
@@ -136,7 +137,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let t = Instant::now();
-        let mut w = self.mvcc.writer();
+        let hub = &self.hub;
+        let mut w = self.mvcc.writer_with(|| hub.event_detail());
         let from = w.revision() + 1;
         let mut out = Vec::new();
         let mut ops = 0u64;
@@ -146,7 +148,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Blank => out.push(ProposalResult::default()),
                 EntryPayload::Normal(p) => {
                     let mut results = Vec::with_capacity(p.ops.len());
-                    for op in &p.ops {
+                    for op in p.ops {
                         results.push(w.apply(op).map_err(sm_err)?);
                     }
                     ops += results.len() as u64;
@@ -158,8 +160,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             }
         }
+        let detail = w.detail();
         let (to, events) = w.commit(Some(encode(&self.state))).map_err(sm_err)?;
-        self.hub.publish(from, to, events);
+        self.hub.publish(from, to, events, detail);
         self.metrics.proposals_committed.inc_by(ops);
         self.metrics.apply_seconds.observe(t.elapsed().as_secs_f64());
         Ok(out)
@@ -198,7 +201,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.save_snapshot_file(meta, &data)?;
         self.state = state;
         // Watchers re-read history: the data under them was replaced.
-        self.hub.publish(dump.revision + 2, dump.revision, Vec::new());
+        self.hub.publish(dump.revision + 2, dump.revision, Vec::new(), EventDetail::None);
         tracing::info!(snapshot = %meta.snapshot_id, revision = dump.revision, "installed snapshot");
         Ok(())
     }
