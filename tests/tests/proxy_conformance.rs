@@ -481,6 +481,16 @@ fn node_port_snat_to_a_remote_backend(h: &mut Harness) -> Result<()> {
             h.sync(&[s.clone()])?;
         }
     }
+    if h.mode == Mode::Ebpf {
+        // The LRU (or an idle GC) may drop one direction of a live flow: the next request puts
+        // back its reply and un-SNAT entries, on the same SNAT port, and the stream carries on.
+        for dir in [CT_UNSNAT, CT_REPLY] {
+            let gone = forget_conntrack(h, dir)?;
+            ensure!(gone > 0, "the held stream had conntrack entries of direction {dir}");
+            let echo = h.topo.outside_probe()?.ok(&format!("ping {}", words[0]))?;
+            ensure!(echo == ["r0", "ping"], "after losing direction {dir}: {echo:?}");
+        }
+    }
     // A local and a remote backend together: both reachable, the remote one SNATed.
     s.endpoints = vec![(0, Cond::Ready), (REMOTE, Cond::Ready)];
     h.sync(&[s])?;
@@ -511,6 +521,42 @@ fn node_port_snat_to_a_remote_backend(h: &mut Harness) -> Result<()> {
         ensure!(counter("nodeport_snat_no_port") == Some(0), "{m}");
     }
     Ok(())
+}
+
+/// `enum ct_dir` in `ebpf/tc_nodeport.c`.
+const CT_REPLY: u8 = 1;
+const CT_UNSNAT: u8 = 3;
+
+/// Deletes every `ct4` entry of direction `dir` (byte 13 of `struct ct4_key`), as an LRU
+/// eviction would, with `bpftool` on the pinned map. Returns how many.
+fn forget_conntrack(h: &Harness, dir: u8) -> Result<usize> {
+    let pin = h.pin_root.join(format!("v{}", skiff_agent::kernel::bpf_lb::LB_LAYOUT)).join("ct4");
+    let pin = pin.to_str().context("pin path")?;
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned", pin])
+        .output()?;
+    ensure!(out.status.success(), "bpftool map dump: {}", String::from_utf8_lossy(&out.stderr));
+    let entries: Vec<Value> = serde_json::from_slice(&out.stdout)?;
+    let mut gone = 0;
+    for e in entries {
+        let key: Vec<String> = e["key"]
+            .as_array()
+            .context("key bytes")?
+            .iter()
+            .map(|b| b.as_str().map(|b| b.trim_start_matches("0x").to_owned()))
+            .collect::<Option<_>>()
+            .context("hex key bytes")?;
+        if key.get(13).map(|b| u8::from_str_radix(b, 16)) != Some(Ok(dir)) {
+            continue;
+        }
+        let out = std::process::Command::new("bpftool")
+            .args(["map", "delete", "pinned", pin, "key", "hex"])
+            .args(&key)
+            .output()?;
+        ensure!(out.status.success(), "bpftool delete: {}", String::from_utf8_lossy(&out.stderr));
+        gone += 1;
+    }
+    Ok(gone)
 }
 
 /// `externalTrafficPolicy: Local` never gets source NAT: NodePort traffic reaches only the local
