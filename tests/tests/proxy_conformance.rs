@@ -719,6 +719,27 @@ fn ebpf_gc_removes_reverse_nat_entries_of_removed_services() {
     assert!(m.contains(&format!("skiff_proxy_gc_removed_total {removed}")), "{m}");
 }
 
+/// eBPF only: an upgraded agent leaves the pins of an older map layout (whose programs keep
+/// serving, the new maps being empty) until its first sync has filled its own maps; the
+/// caller removes them after that.
+#[test]
+fn ebpf_older_layout_pins_stay_until_the_first_sync() {
+    let name = "ebpf_older_layout_pins_stay_until_the_first_sync";
+    if !privileged::privileged(name) {
+        return;
+    }
+    let mut h = Harness::new(Mode::Ebpf, 2, LbMapSizes::default()).expect("topology");
+    let old = h.pin_root.join("v1");
+    std::fs::create_dir_all(old.join("links")).unwrap();
+    h.restart().unwrap();
+    assert!(old.join("links").exists(), "starting keeps the older layout's pins");
+    h.sync(&[svc("web", [10, 96, 0, 10], &[0, 1])]).unwrap();
+    EbpfProxier::remove_other_layouts(&h.pin_root).unwrap();
+    assert!(!old.exists(), "removed after the first sync");
+    assert!(h.pin_root.join(format!("v{}", skiff_agent::kernel::bpf_lb::LB_LAYOUT)).exists());
+    assert_eq!(counts(&h.tcp(VIP, 10).unwrap()).len(), 2, "the Service still works");
+}
+
 /// eBPF only (iptables has no Maglev): with the Maglev annotation every NodePort flow reaches
 /// exactly the backend the userspace table names for its hash, so every node maps it alike and
 /// a backend change moves only the flows the table moves (≈ 1/N, unit-tested in `maglev`).

@@ -409,11 +409,10 @@ impl EbpfProxier {
         }
         let ids = Ids::from_state(&current);
         lb.set_node_addresses(&config.node_addresses)?;
+        // Programs of an older layout (an upgraded agent) stay attached and keep serving from
+        // their maps: ours start empty. The caller removes them after the first sync
+        // ([`remove_other_layouts`]).
         lb.attach(&config.cgroup)?;
-        // Ours are attached: programs and maps of an older layout (an upgraded agent) go.
-        for old in bpf_lb::remove_other_layouts(&config.pin_root)? {
-            tracing::info!(path = %old.display(), "removed pins of an older map layout");
-        }
         let events = lb.take_events();
         Ok(EbpfProxier {
             lb,
@@ -427,6 +426,18 @@ impl EbpfProxier {
             events,
             log_window: (Instant::now(), 0),
         })
+    }
+
+    /// Removes the pins of other map layouts under `pin_root` (an upgraded agent's
+    /// predecessor), which detaches its programs. Call it once the first sync has filled this
+    /// layout's maps and the tc programs are attached: until then the old programs serve
+    /// Service traffic (make-before-break across a layout change; ours run after theirs and
+    /// see already translated addresses).
+    pub fn remove_other_layouts(pin_root: &Path) -> Result<(), ProxyError> {
+        for old in bpf_lb::remove_other_layouts(pin_root)? {
+            tracing::info!(path = %old.display(), "removed pins of an older map layout");
+        }
+        Ok(())
     }
 
     /// Detaches the programs and removes every pin under `pin_root` (maps included).
