@@ -64,6 +64,7 @@ struct ct4_val {
 	__be16 port;
 	__u16 flags; /* CT_F_* */
 	__u32 svc_id;
+	__u32 backend_id; /* CT_FORWARD: be4 key of the backend (was padding: 0 in older entries) */
 	__u64 last_ns;
 };
 
@@ -83,6 +84,7 @@ struct flow {
 	__be32 saddr, daddr;
 	__be16 sport, dport;
 	__u8 proto;
+	__u8 syn; /* TCP SYN without ACK: a new connection */
 	__u32 l4_off;
 	__u32 csum_off;
 };
@@ -116,6 +118,11 @@ static __always_inline int parse(struct __sk_buff *skb, struct flow *f)
 	f->daddr = ip->daddr;
 	f->sport = ports[0];
 	f->dport = ports[1];
+	if (f->proto == IPPROTO_TCP && (void *)ports + offsetof(struct tcphdr, window) <= data_end) {
+		__u8 flags = *((__u8 *)ports + 13); /* the byte with FIN SYN RST PSH ACK URG */
+
+		f->syn = (flags & 0x12) == 0x02;
+	}
 	f->l4_off = ETH_HLEN + sizeof(struct iphdr);
 	return 0;
 }
@@ -249,6 +256,14 @@ static __always_inline int nodeport_forward(struct __sk_buff *skb)
 		return SKIFF_TCX_NEXT;
 	ct_key(&key, &f, CT_FORWARD);
 	ct = bpf_map_lookup_elem(&ct4, &key);
+	if (ct && f.syn) {
+		/* A new connection on the tuple of an earlier one (the client reused its port): it
+		 * keeps that backend only while it is still there and active, else it chooses anew
+		 * (without this, it would go to a removed endpoint until the entry idles out). */
+		be = bpf_map_lookup_elem(&be4, &ct->backend_id);
+		if (!be || be->ip != ct->addr || be->port != ct->port || be->state != LB4_BACKEND_ACTIVE)
+			ct = NULL;
+	}
 	if (ct) {
 		__u64 now = bpf_ktime_get_ns();
 
@@ -267,13 +282,15 @@ static __always_inline int nodeport_forward(struct __sk_buff *skb)
 			asm volatile("" : "+r"(idx));
 			if (!row || idx >= LB4_MAGLEV_M)
 				return SKIFF_TCX_NEXT;
-			be = bpf_map_lookup_elem(&be4, &row->backend_ids[idx]);
+			val.backend_id = row->backend_ids[idx];
+			be = bpf_map_lookup_elem(&be4, &val.backend_id);
 		} else {
 			sk.slot = (__u16)(bpf_get_prandom_u32() % svc->count) + 1;
 			slot = bpf_map_lookup_elem(&svc4, &sk);
 			if (!slot)
 				return SKIFF_TCX_NEXT;
-			be = bpf_map_lookup_elem(&be4, &slot->id);
+			val.backend_id = slot->id;
+			be = bpf_map_lookup_elem(&be4, &val.backend_id);
 		}
 		if (!be)
 			return SKIFF_TCX_NEXT;

@@ -719,6 +719,27 @@ fn ebpf_gc_removes_reverse_nat_entries_of_removed_services() {
     assert!(m.contains(&format!("skiff_proxy_gc_removed_total {removed}")), "{m}");
 }
 
+/// eBPF only (iptables leaves this to the kernel's conntrack): a new TCP connection on the
+/// tuple of an earlier NodePort flow (a client that reuses its port) keeps that flow's backend
+/// while it is still an active endpoint, and chooses again once it has been removed.
+#[test]
+fn ebpf_nodeport_syn_on_an_old_tuple_leaves_a_removed_backend() {
+    let name = "ebpf_nodeport_syn_on_an_old_tuple_leaves_a_removed_backend";
+    if !privileged::privileged(name) {
+        return;
+    }
+    let mut h = Harness::new(Mode::Ebpf, 2, LbMapSizes::default()).expect("topology");
+    let cmd = format!("tcpfrom {NODE_CLIENT_SIDE} {NODE_PORT} 40123");
+    h.sync(&[svc("web", [10, 96, 0, 10], &[0])]).unwrap();
+    assert_eq!(h.topo.outside_probe().unwrap().ok(&cmd).unwrap(), ["b0"]);
+    h.sync(&[svc("web", [10, 96, 0, 10], &[0, 1])]).unwrap();
+    for _ in 0..3 {
+        assert_eq!(h.topo.outside_probe().unwrap().ok(&cmd).unwrap(), ["b0"], "kept");
+    }
+    h.sync(&[svc("web", [10, 96, 0, 10], &[1])]).unwrap();
+    assert_eq!(h.topo.outside_probe().unwrap().ok(&cmd).unwrap(), ["b1"], "b0 was removed");
+}
+
 /// eBPF only: an upgraded agent leaves the pins of an older map layout (whose programs keep
 /// serving, the new maps being empty) until its first sync has filled its own maps; the
 /// caller removes them after that.
