@@ -287,13 +287,17 @@ static __always_inline int nodeport_forward(struct __sk_buff *skb)
 		} else {
 			sk.slot = (__u16)(bpf_get_prandom_u32() % svc->count) + 1;
 			slot = bpf_map_lookup_elem(&svc4, &sk);
-			if (!slot)
+			if (!slot) {
+				stat_inc(LB_STAT_BACKEND_MISSING);
 				return SKIFF_TCX_NEXT;
+			}
 			val.backend_id = slot->id;
 			be = bpf_map_lookup_elem(&be4, &val.backend_id);
 		}
-		if (!be)
+		if (!be) {
+			stat_inc(LB_STAT_BACKEND_MISSING); /* the agent writes backends first: a bug */
 			return SKIFF_TCX_NEXT;
+		}
 		val.addr = be->ip;
 		val.port = be->port;
 		val.svc_id = svc->id;
