@@ -523,6 +523,17 @@ fn node_port_snat_to_a_remote_backend(h: &mut Harness) -> Result<()> {
     Ok(())
 }
 
+/// The pin path and the entries (`bpftool -j map dump`) of the pinned map `name`.
+fn dump_map(h: &Harness, name: &str) -> Result<(PathBuf, Vec<Value>)> {
+    let pin = h.pin_root.join(format!("v{}", skiff_agent::kernel::bpf_lb::LB_LAYOUT)).join(name);
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(&pin)
+        .output()?;
+    ensure!(out.status.success(), "bpftool map dump: {}", String::from_utf8_lossy(&out.stderr));
+    Ok((pin, serde_json::from_slice(&out.stdout)?))
+}
+
 /// `enum ct_dir` in `ebpf/tc_nodeport.c`.
 const CT_REPLY: u8 = 1;
 const CT_UNSNAT: u8 = 3;
@@ -530,13 +541,8 @@ const CT_UNSNAT: u8 = 3;
 /// Deletes every `ct4` entry of direction `dir` (byte 13 of `struct ct4_key`), as an LRU
 /// eviction would, with `bpftool` on the pinned map. Returns how many.
 fn forget_conntrack(h: &Harness, dir: u8) -> Result<usize> {
-    let pin = h.pin_root.join(format!("v{}", skiff_agent::kernel::bpf_lb::LB_LAYOUT)).join("ct4");
+    let (pin, entries) = dump_map(h, "ct4")?;
     let pin = pin.to_str().context("pin path")?;
-    let out = std::process::Command::new("bpftool")
-        .args(["-j", "map", "dump", "pinned", pin])
-        .output()?;
-    ensure!(out.status.success(), "bpftool map dump: {}", String::from_utf8_lossy(&out.stderr));
-    let entries: Vec<Value> = serde_json::from_slice(&out.stdout)?;
     let mut gone = 0;
     for e in entries {
         let key: Vec<String> = e["key"]
@@ -672,6 +678,15 @@ fn map_full_is_an_error_and_a_metric(h: &mut Harness) -> Result<()> {
     }
     let first = services[0].vip;
     ensure!(h.tcp(first, 3)? == ["b0", "b0", "b0"], "a Service that fit works");
+    if h.mode == Mode::Ebpf {
+        // The Services go, also those that failed half-written: nothing is left in the maps.
+        let report = h.sync(&[])?;
+        ensure!(report.failed.is_empty(), "{report:?}");
+        for map in ["svc4", "be4", "revnat4"] {
+            let (_, entries) = dump_map(h, map)?;
+            ensure!(entries.is_empty(), "{map} left: {entries:?}");
+        }
+    }
     Ok(())
 }
 
