@@ -256,12 +256,15 @@ static __always_inline int nodeport_forward(struct __sk_buff *skb)
 		return SKIFF_TCX_NEXT;
 	ct_key(&key, &f, CT_FORWARD);
 	ct = bpf_map_lookup_elem(&ct4, &key);
-	if (ct && f.syn) {
-		/* A new connection on the tuple of an earlier one (the client reused its port): it
-		 * keeps that backend only while it is still there and active, else it chooses anew
-		 * (without this, it would go to a removed endpoint until the entry idles out). */
+	if (ct && (f.syn || f.proto == IPPROTO_UDP)) {
+		/* A new connection on the tuple of an earlier one (the client reused its port) keeps
+		 * that backend only while it is still there and active; a UDP flow (no connection to
+		 * keep, as kube-proxy deletes the conntrack entries of a removed UDP endpoint) only
+		 * while it is there. Else the flow chooses anew: without this it would go to a removed
+		 * endpoint until the entry idles out. */
 		be = bpf_map_lookup_elem(&be4, &ct->backend_id);
-		if (!be || be->ip != ct->addr || be->port != ct->port || be->state != LB4_BACKEND_ACTIVE)
+		if (!be || be->ip != ct->addr || be->port != ct->port ||
+		    (f.syn && be->state != LB4_BACKEND_ACTIVE))
 			ct = NULL;
 	}
 	if (ct) {

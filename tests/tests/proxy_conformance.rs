@@ -755,6 +755,27 @@ fn ebpf_nodeport_syn_on_an_old_tuple_leaves_a_removed_backend() {
     assert_eq!(h.topo.outside_probe().unwrap().ok(&cmd).unwrap(), ["b1"], "b0 was removed");
 }
 
+/// eBPF only: a UDP NodePort flow stays with its backend while that is an endpoint and moves
+/// once it is removed (kube-proxy deletes the conntrack entries of a removed UDP endpoint for
+/// the same reason).
+#[test]
+fn ebpf_nodeport_udp_flow_leaves_a_removed_backend() {
+    let name = "ebpf_nodeport_udp_flow_leaves_a_removed_backend";
+    if !privileged::privileged(name) {
+        return;
+    }
+    let mut h = Harness::new(Mode::Ebpf, 2, LbMapSizes::default()).expect("topology");
+    let cmd = format!("udpfrom {NODE_CLIENT_SIDE} {NODE_PORT} 40124");
+    h.sync(&[svc("web", [10, 96, 0, 10], &[0])]).unwrap();
+    assert_eq!(h.topo.outside_probe().unwrap().ok(&cmd).unwrap(), ["b0"]);
+    h.sync(&[svc("web", [10, 96, 0, 10], &[0, 1])]).unwrap();
+    for _ in 0..3 {
+        assert_eq!(h.topo.outside_probe().unwrap().ok(&cmd).unwrap(), ["b0"], "kept");
+    }
+    h.sync(&[svc("web", [10, 96, 0, 10], &[1])]).unwrap();
+    assert_eq!(h.topo.outside_probe().unwrap().ok(&cmd).unwrap(), ["b1"], "b0 was removed");
+}
+
 /// eBPF only: an upgraded agent leaves the pins of an older map layout (whose programs keep
 /// serving, the new maps being empty) until its first sync has filled its own maps; the
 /// caller removes them after that.

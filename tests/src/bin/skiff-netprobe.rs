@@ -13,6 +13,7 @@
 //! - `udpconn IP PORT N`: one connected socket, N datagrams; `ok ID,... peer=ADDR`
 //! - `tcpfrom IP PORT SRCPORT`: one connection from local port SRCPORT, closed with a reset
 //!   (no `TIME_WAIT`, so the same tuple can be used again at once); `ok ID`
+//! - `udpfrom IP PORT SRCPORT`: one datagram from a socket on local port SRCPORT; `ok ID`
 //! - `hold IP PORT`: opens a connection and keeps it; `ok INDEX ID`
 //! - `bind IP PORT` / `bindudp IP PORT`: binds a TCP listener / UDP socket and closes it;
 //!   `ok bound`
@@ -180,6 +181,18 @@ fn tcp_from(words: &[&str]) -> Result<String, String> {
     Ok(format!("ok {}", read_line(&mut r)?))
 }
 
+/// `udpfrom IP PORT SRCPORT`.
+fn udp_from(words: &[&str]) -> Result<String, String> {
+    let (addr, src) = target(words)?;
+    let src = u16::try_from(src).map_err(|e| format!("bad source port: {e}"))?;
+    let s = UdpSocket::bind(("0.0.0.0", src)).map_err(|e| kind(&e))?;
+    s.set_read_timeout(Some(TIMEOUT)).map_err(|e| kind(&e))?;
+    s.send_to(b"x", addr).map_err(|e| kind(&e))?;
+    let mut buf = [0u8; 1500];
+    let (len, _) = s.recv_from(&mut buf).map_err(|e| kind(&e))?;
+    Ok(format!("ok {}", String::from_utf8_lossy(&buf[..len])))
+}
+
 /// A TCP connection from local port `port` to `addr` whose close sends a reset (linger 0).
 fn connect_from(addr: SocketAddr, port: u16) -> Result<TcpStream, String> {
     use nix::sys::socket::{
@@ -214,6 +227,7 @@ fn run(
             Ok(format!("ok {} peer={peer}", ids.join(",")))
         }
         Some("tcpfrom") => tcp_from(words),
+        Some("udpfrom") => udp_from(words),
         Some("tcpports") => {
             let (addr, n) = target(words)?;
             let mut out = Vec::new();
