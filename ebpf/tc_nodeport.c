@@ -56,11 +56,15 @@ enum ct_dir {
 #define SNAT_PORT_MAX 65535
 #define SNAT_TRIES 32
 
+/* ct4_val.flags */
+#define CT_F_SNAT 1 /* CT_FORWARD of a flow to a remote backend: it has a CT_SNAT entry */
+
 struct ct4_val {
 	__be32 addr; /* see enum ct_dir */
 	__be16 port;
-	__u16 pad;
+	__u16 flags; /* CT_F_* */
 	__u32 svc_id;
+	__u32 backend_id; /* CT_FORWARD: be4 key of the backend (was padding: 0 in older entries) */
 	__u64 last_ns;
 };
 
@@ -80,6 +84,7 @@ struct flow {
 	__be32 saddr, daddr;
 	__be16 sport, dport;
 	__u8 proto;
+	__u8 syn; /* TCP SYN without ACK: a new connection */
 	__u32 l4_off;
 	__u32 csum_off;
 };
@@ -113,6 +118,11 @@ static __always_inline int parse(struct __sk_buff *skb, struct flow *f)
 	f->daddr = ip->daddr;
 	f->sport = ports[0];
 	f->dport = ports[1];
+	if (f->proto == IPPROTO_TCP && (void *)ports + offsetof(struct tcphdr, window) <= data_end) {
+		__u8 flags = *((__u8 *)ports + 13); /* the byte with FIN SYN RST PSH ACK URG */
+
+		f->syn = (flags & 0x12) == 0x02;
+	}
 	f->l4_off = ETH_HLEN + sizeof(struct iphdr);
 	return 0;
 }
@@ -161,20 +171,68 @@ static __always_inline void ct_key(struct ct4_key *key, const struct flow *f, __
 	key->pad = 0;
 }
 
+/* Refreshes the entry at `key` (another direction of the flow a packet belongs to), so the
+ * agent's idle GC removes a flow's entries only when it is idle both ways. */
+static __always_inline void ct_touch(const struct ct4_key *key, __u64 now)
+{
+	struct ct4_val *v = bpf_map_lookup_elem(&ct4, key);
+
+	if (v)
+		v->last_ns = now;
+}
+
 /* A reply to an SNATed flow (backend -> NODE_IP:snat port): destination back to the client. */
 static __always_inline int unsnat(struct __sk_buff *skb, const struct flow *f)
 {
 	struct ct4_key key = {};
 	struct ct4_val *ct;
+	__u64 now = bpf_ktime_get_ns();
 
 	ct_key(&key, f, CT_UNSNAT);
 	ct = bpf_map_lookup_elem(&ct4, &key);
 	if (!ct)
 		return SKIFF_TCX_NEXT;
-	ct->last_ns = bpf_ktime_get_ns();
+	ct->last_ns = now;
+	{
+		/* The flow's CT_SNAT entry (client -> backend), refreshed by its replies too. */
+		struct ct4_key sk = { .saddr = ct->addr, .daddr = f->saddr, .sport = ct->port, .dport = f->sport,
+				      .proto = f->proto, .flags = CT_SNAT };
+
+		ct_touch(&sk, now);
+	}
 	if (rewrite(skb, f, IP_DST_OFF, f->daddr, ct->addr, offsetof(struct tcphdr, dest), f->dport, ct->port))
 		return SKIFF_TCX_DROP;
 	return SKIFF_TCX_NEXT;
+}
+
+/* An established flow (its CT_FORWARD entry `fwd` found): refreshes its CT_REPLY entry and
+ * puts back the CT_REPLY and CT_SNAT entries if the LRU evicted them (or the GC removed them
+ * while the flow was idle the other way); without them replies would leave with the backend
+ * address, and requests to a remote backend without SNAT. A re-created CT_SNAT entry gets a
+ * new port on egress (a TCP flow then ends with a reset from the backend; UDP carries on). */
+static __always_inline void ct_restore(const struct flow *f, const struct ct4_val *fwd, __u64 now)
+{
+	struct ct4_key rk = { .saddr = fwd->addr, .daddr = f->saddr, .sport = fwd->port, .dport = f->sport,
+			      .proto = f->proto, .flags = CT_REPLY };
+	struct ct4_val *r = bpf_map_lookup_elem(&ct4, &rk);
+
+	if (r) {
+		r->last_ns = now;
+	} else {
+		struct ct4_val rv = { .addr = f->daddr, .port = f->dport, .svc_id = fwd->svc_id, .last_ns = now };
+
+		bpf_map_update_elem(&ct4, &rk, &rv, BPF_NOEXIST);
+	}
+	if (fwd->flags & CT_F_SNAT) {
+		struct ct4_key snk = { .saddr = f->saddr, .daddr = fwd->addr, .sport = f->sport, .dport = fwd->port,
+				       .proto = f->proto, .flags = CT_SNAT };
+
+		if (!bpf_map_lookup_elem(&ct4, &snk)) {
+			struct ct4_val snv = { .svc_id = fwd->svc_id, .last_ns = now };
+
+			bpf_map_update_elem(&ct4, &snk, &snv, BPF_NOEXIST);
+		}
+	}
 }
 
 static __always_inline int nodeport_forward(struct __sk_buff *skb)
@@ -198,9 +256,23 @@ static __always_inline int nodeport_forward(struct __sk_buff *skb)
 		return SKIFF_TCX_NEXT;
 	ct_key(&key, &f, CT_FORWARD);
 	ct = bpf_map_lookup_elem(&ct4, &key);
+	if (ct && (f.syn || f.proto == IPPROTO_UDP)) {
+		/* A new connection on the tuple of an earlier one (the client reused its port) keeps
+		 * that backend only while it is still there and active; a UDP flow (no connection to
+		 * keep, as kube-proxy deletes the conntrack entries of a removed UDP endpoint) only
+		 * while it is there. Else the flow chooses anew: without this it would go to a removed
+		 * endpoint until the entry idles out. */
+		be = bpf_map_lookup_elem(&be4, &ct->backend_id);
+		if (!be || be->ip != ct->addr || be->port != ct->port ||
+		    (f.syn && be->state != LB4_BACKEND_ACTIVE))
+			ct = NULL;
+	}
 	if (ct) {
-		ct->last_ns = bpf_ktime_get_ns(); /* idle time for the agent's GC */
+		__u64 now = bpf_ktime_get_ns();
+
+		ct->last_ns = now; /* idle time for the agent's GC */
 		val = *ct;
+		ct_restore(&f, &val, now);
 	} else {
 		if (svc->count == 0)
 			return SKIFF_TCX_DROP; /* no endpoints */
@@ -213,19 +285,26 @@ static __always_inline int nodeport_forward(struct __sk_buff *skb)
 			asm volatile("" : "+r"(idx));
 			if (!row || idx >= LB4_MAGLEV_M)
 				return SKIFF_TCX_NEXT;
-			be = bpf_map_lookup_elem(&be4, &row->backend_ids[idx]);
+			val.backend_id = row->backend_ids[idx];
+			be = bpf_map_lookup_elem(&be4, &val.backend_id);
 		} else {
 			sk.slot = (__u16)(bpf_get_prandom_u32() % svc->count) + 1;
 			slot = bpf_map_lookup_elem(&svc4, &sk);
-			if (!slot)
+			if (!slot) {
+				stat_inc(LB_STAT_BACKEND_MISSING);
 				return SKIFF_TCX_NEXT;
-			be = bpf_map_lookup_elem(&be4, &slot->id);
+			}
+			val.backend_id = slot->id;
+			be = bpf_map_lookup_elem(&be4, &val.backend_id);
 		}
-		if (!be)
+		if (!be) {
+			stat_inc(LB_STAT_BACKEND_MISSING); /* the agent writes backends first: a bug */
 			return SKIFF_TCX_NEXT;
+		}
 		val.addr = be->ip;
 		val.port = be->port;
 		val.svc_id = svc->id;
+		val.flags = be->flags & LB4_BACKEND_F_REMOTE ? CT_F_SNAT : 0;
 		val.last_ns = bpf_ktime_get_ns();
 		{
 			/* Reply direction: backend -> client, restore the node address and port. */
@@ -272,6 +351,27 @@ static __always_inline __be16 snat_port(const struct flow *f, __u64 now)
 	return 0;
 }
 
+/* Whether the flow keeps its SNAT port `port`: its CT_UNSNAT entry still names this flow's
+ * client (refreshed here, so a flow whose replies are rare keeps it), or was missing (LRU
+ * eviction, GC of an entry idle one way) and could be put back. Without this check a lost
+ * reverse entry would free the port for another flow to the same backend while this one still
+ * used it, and both flows' replies would go to one client. */
+static __always_inline int snat_keep(const struct flow *f, __be16 port, __u64 now)
+{
+	struct ct4_key uk = { .saddr = f->daddr, .daddr = NODE_IP, .sport = f->dport, .dport = port,
+			      .proto = f->proto, .flags = CT_UNSNAT };
+	struct ct4_val uv = { .addr = f->saddr, .port = f->sport, .last_ns = now };
+	struct ct4_val *u = bpf_map_lookup_elem(&ct4, &uk);
+
+	if (u) {
+		if (u->addr != f->saddr || u->port != f->sport)
+			return 0; /* taken by another flow meanwhile */
+		u->last_ns = now;
+		return 1;
+	}
+	return bpf_map_update_elem(&ct4, &uk, &uv, BPF_NOEXIST) == 0;
+}
+
 static __always_inline int nodeport_reverse(struct __sk_buff *skb)
 {
 	struct flow f = {};
@@ -285,7 +385,12 @@ static __always_inline int nodeport_reverse(struct __sk_buff *skb)
 	ct_key(&key, &f, CT_REPLY);
 	ct = bpf_map_lookup_elem(&ct4, &key);
 	if (ct) {
+		/* The flow's CT_FORWARD entry (client -> NODE_IP:nodePort), refreshed by replies too. */
+		struct ct4_key fk = { .saddr = f.daddr, .daddr = ct->addr, .sport = f.dport, .dport = ct->port,
+				      .proto = f.proto, .flags = CT_FORWARD };
+
 		ct->last_ns = now;
+		ct_touch(&fk, now);
 		if (rewrite(skb, &f, IP_SRC_OFF, f.saddr, ct->addr, offsetof(struct tcphdr, source), f.sport, ct->port))
 			return SKIFF_TCX_DROP;
 		return SKIFF_TCX_NEXT;
@@ -295,8 +400,9 @@ static __always_inline int nodeport_reverse(struct __sk_buff *skb)
 	if (!ct)
 		return SKIFF_TCX_NEXT;
 	ct->last_ns = now;
-	if (ct->addr != NODE_IP || !ct->port) {
-		/* First packet out (or the route moved to another interface): choose a port here. */
+	if (ct->addr != NODE_IP || !ct->port || !snat_keep(&f, ct->port, now)) {
+		/* First packet out (or the route moved to another interface, or the port was lost):
+		 * choose a port here. */
 		__be16 port = snat_port(&f, now);
 
 		if (!port) {

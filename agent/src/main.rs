@@ -116,6 +116,26 @@ fn parse_iface(s: &str) -> Result<(String, std::net::Ipv4Addr), String> {
     Ok((iface.to_owned(), ip))
 }
 
+/// The tc NodePort interfaces: `--nodeport-iface` with `--node-ip`, then `--node-iface`. One
+/// of the first pair without the other, or an interface named twice (its second attachment
+/// would silently replace the first's program, with the other address), is an error.
+fn node_ifaces(
+    iface: Option<String>,
+    ip: Option<std::net::Ipv4Addr>,
+    more: Vec<(String, std::net::Ipv4Addr)>,
+) -> Result<Vec<(String, std::net::Ipv4Addr)>, String> {
+    if iface.is_some() != ip.is_some() {
+        return Err("--nodeport-iface and --node-ip go together".into());
+    }
+    let all: Vec<_> = iface.zip(ip).into_iter().chain(more).collect();
+    for (i, (name, _)) in all.iter().enumerate() {
+        if all[..i].iter().any(|(n, _)| n == name) {
+            return Err(format!("interface {name} given twice (--nodeport-iface/--node-iface)"));
+        }
+    }
+    Ok(all)
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -125,6 +145,13 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let Command::Proxy(a) = Cli::parse().command;
+    let nodeport = match node_ifaces(a.nodeport_iface.clone(), a.node_ip, a.node_iface.clone()) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("skiff-agent: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let cfg = StandaloneConfig {
         mode: match a.mode {
             ModeArg::Ebpf => Mode::Ebpf,
@@ -154,7 +181,7 @@ fn main() -> ExitCode {
         churn_interval: Duration::from_millis(a.churn_interval_ms),
         healthz: Some(a.healthz),
         gc_interval: Duration::from_secs(a.gc_interval_s),
-        nodeport: a.nodeport_iface.zip(a.node_ip).into_iter().chain(a.node_iface).collect(),
+        nodeport,
         conntrack_idle: Duration::from_secs(a.conntrack_idle_s),
     };
     let result =
@@ -172,5 +199,25 @@ fn main() -> ExitCode {
             eprintln!("skiff-agent: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::node_ifaces;
+
+    #[test]
+    fn node_interfaces_are_checked() {
+        let ip = "192.0.2.5".parse().unwrap();
+        let other = "198.51.100.5".parse().unwrap();
+        assert_eq!(node_ifaces(None, None, vec![]), Ok(vec![]));
+        assert_eq!(
+            node_ifaces(Some("eth0".into()), Some(ip), vec![("eth1".into(), other)]),
+            Ok(vec![("eth0".into(), ip), ("eth1".into(), other)])
+        );
+        assert!(node_ifaces(Some("eth0".into()), None, vec![]).is_err());
+        assert!(node_ifaces(None, Some(ip), vec![]).is_err());
+        let twice = node_ifaces(Some("eth0".into()), Some(ip), vec![("eth0".into(), other)]);
+        assert!(twice.is_err_and(|e| e.contains("eth0 given twice")));
     }
 }

@@ -481,6 +481,16 @@ fn node_port_snat_to_a_remote_backend(h: &mut Harness) -> Result<()> {
             h.sync(&[s.clone()])?;
         }
     }
+    if h.mode == Mode::Ebpf {
+        // The LRU (or an idle GC) may drop one direction of a live flow: the next request puts
+        // back its reply and un-SNAT entries, on the same SNAT port, and the stream carries on.
+        for dir in [CT_UNSNAT, CT_REPLY] {
+            let gone = forget_conntrack(h, dir)?;
+            ensure!(gone > 0, "the held stream had conntrack entries of direction {dir}");
+            let echo = h.topo.outside_probe()?.ok(&format!("ping {}", words[0]))?;
+            ensure!(echo == ["r0", "ping"], "after losing direction {dir}: {echo:?}");
+        }
+    }
     // A local and a remote backend together: both reachable, the remote one SNATed.
     s.endpoints = vec![(0, Cond::Ready), (REMOTE, Cond::Ready)];
     h.sync(&[s])?;
@@ -511,6 +521,48 @@ fn node_port_snat_to_a_remote_backend(h: &mut Harness) -> Result<()> {
         ensure!(counter("nodeport_snat_no_port") == Some(0), "{m}");
     }
     Ok(())
+}
+
+/// The pin path and the entries (`bpftool -j map dump`) of the pinned map `name`.
+fn dump_map(h: &Harness, name: &str) -> Result<(PathBuf, Vec<Value>)> {
+    let pin = h.pin_root.join(format!("v{}", skiff_agent::kernel::bpf_lb::LB_LAYOUT)).join(name);
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(&pin)
+        .output()?;
+    ensure!(out.status.success(), "bpftool map dump: {}", String::from_utf8_lossy(&out.stderr));
+    Ok((pin, serde_json::from_slice(&out.stdout)?))
+}
+
+/// `enum ct_dir` in `ebpf/tc_nodeport.c`.
+const CT_REPLY: u8 = 1;
+const CT_UNSNAT: u8 = 3;
+
+/// Deletes every `ct4` entry of direction `dir` (byte 13 of `struct ct4_key`), as an LRU
+/// eviction would, with `bpftool` on the pinned map. Returns how many.
+fn forget_conntrack(h: &Harness, dir: u8) -> Result<usize> {
+    let (pin, entries) = dump_map(h, "ct4")?;
+    let pin = pin.to_str().context("pin path")?;
+    let mut gone = 0;
+    for e in entries {
+        let key: Vec<String> = e["key"]
+            .as_array()
+            .context("key bytes")?
+            .iter()
+            .map(|b| b.as_str().map(|b| b.trim_start_matches("0x").to_owned()))
+            .collect::<Option<_>>()
+            .context("hex key bytes")?;
+        if key.get(13).map(|b| u8::from_str_radix(b, 16)) != Some(Ok(dir)) {
+            continue;
+        }
+        let out = std::process::Command::new("bpftool")
+            .args(["map", "delete", "pinned", pin, "key", "hex"])
+            .args(&key)
+            .output()?;
+        ensure!(out.status.success(), "bpftool delete: {}", String::from_utf8_lossy(&out.stderr));
+        gone += 1;
+    }
+    Ok(gone)
 }
 
 /// `externalTrafficPolicy: Local` never gets source NAT: NodePort traffic reaches only the local
@@ -626,6 +678,15 @@ fn map_full_is_an_error_and_a_metric(h: &mut Harness) -> Result<()> {
     }
     let first = services[0].vip;
     ensure!(h.tcp(first, 3)? == ["b0", "b0", "b0"], "a Service that fit works");
+    if h.mode == Mode::Ebpf {
+        // The Services go, also those that failed half-written: nothing is left in the maps.
+        let report = h.sync(&[])?;
+        ensure!(report.failed.is_empty(), "{report:?}");
+        for map in ["svc4", "be4", "revnat4"] {
+            let (_, entries) = dump_map(h, map)?;
+            ensure!(entries.is_empty(), "{map} left: {entries:?}");
+        }
+    }
     Ok(())
 }
 
@@ -671,6 +732,69 @@ fn ebpf_gc_removes_reverse_nat_entries_of_removed_services() {
     assert_eq!(p.gc().unwrap(), 0, "nothing left to collect");
     let m = h.metrics();
     assert!(m.contains(&format!("skiff_proxy_gc_removed_total {removed}")), "{m}");
+}
+
+/// eBPF only (iptables leaves this to the kernel's conntrack): a new TCP connection on the
+/// tuple of an earlier NodePort flow (a client that reuses its port) keeps that flow's backend
+/// while it is still an active endpoint, and chooses again once it has been removed.
+#[test]
+fn ebpf_nodeport_syn_on_an_old_tuple_leaves_a_removed_backend() {
+    let name = "ebpf_nodeport_syn_on_an_old_tuple_leaves_a_removed_backend";
+    if !privileged::privileged(name) {
+        return;
+    }
+    let mut h = Harness::new(Mode::Ebpf, 2, LbMapSizes::default()).expect("topology");
+    let cmd = format!("tcpfrom {NODE_CLIENT_SIDE} {NODE_PORT} 40123");
+    h.sync(&[svc("web", [10, 96, 0, 10], &[0])]).unwrap();
+    assert_eq!(h.topo.outside_probe().unwrap().ok(&cmd).unwrap(), ["b0"]);
+    h.sync(&[svc("web", [10, 96, 0, 10], &[0, 1])]).unwrap();
+    for _ in 0..3 {
+        assert_eq!(h.topo.outside_probe().unwrap().ok(&cmd).unwrap(), ["b0"], "kept");
+    }
+    h.sync(&[svc("web", [10, 96, 0, 10], &[1])]).unwrap();
+    assert_eq!(h.topo.outside_probe().unwrap().ok(&cmd).unwrap(), ["b1"], "b0 was removed");
+}
+
+/// eBPF only: a UDP NodePort flow stays with its backend while that is an endpoint and moves
+/// once it is removed (kube-proxy deletes the conntrack entries of a removed UDP endpoint for
+/// the same reason).
+#[test]
+fn ebpf_nodeport_udp_flow_leaves_a_removed_backend() {
+    let name = "ebpf_nodeport_udp_flow_leaves_a_removed_backend";
+    if !privileged::privileged(name) {
+        return;
+    }
+    let mut h = Harness::new(Mode::Ebpf, 2, LbMapSizes::default()).expect("topology");
+    let cmd = format!("udpfrom {NODE_CLIENT_SIDE} {NODE_PORT} 40124");
+    h.sync(&[svc("web", [10, 96, 0, 10], &[0])]).unwrap();
+    assert_eq!(h.topo.outside_probe().unwrap().ok(&cmd).unwrap(), ["b0"]);
+    h.sync(&[svc("web", [10, 96, 0, 10], &[0, 1])]).unwrap();
+    for _ in 0..3 {
+        assert_eq!(h.topo.outside_probe().unwrap().ok(&cmd).unwrap(), ["b0"], "kept");
+    }
+    h.sync(&[svc("web", [10, 96, 0, 10], &[1])]).unwrap();
+    assert_eq!(h.topo.outside_probe().unwrap().ok(&cmd).unwrap(), ["b1"], "b0 was removed");
+}
+
+/// eBPF only: an upgraded agent leaves the pins of an older map layout (whose programs keep
+/// serving, the new maps being empty) until its first sync has filled its own maps; the
+/// caller removes them after that.
+#[test]
+fn ebpf_older_layout_pins_stay_until_the_first_sync() {
+    let name = "ebpf_older_layout_pins_stay_until_the_first_sync";
+    if !privileged::privileged(name) {
+        return;
+    }
+    let mut h = Harness::new(Mode::Ebpf, 2, LbMapSizes::default()).expect("topology");
+    let old = h.pin_root.join("v1");
+    std::fs::create_dir_all(old.join("links")).unwrap();
+    h.restart().unwrap();
+    assert!(old.join("links").exists(), "starting keeps the older layout's pins");
+    h.sync(&[svc("web", [10, 96, 0, 10], &[0, 1])]).unwrap();
+    EbpfProxier::remove_other_layouts(&h.pin_root).unwrap();
+    assert!(!old.exists(), "removed after the first sync");
+    assert!(h.pin_root.join(format!("v{}", skiff_agent::kernel::bpf_lb::LB_LAYOUT)).exists());
+    assert_eq!(counts(&h.tcp(VIP, 10).unwrap()).len(), 2, "the Service still works");
 }
 
 /// eBPF only (iptables has no Maglev): with the Maglev annotation every NodePort flow reaches

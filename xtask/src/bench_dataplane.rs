@@ -630,7 +630,7 @@ pub fn run_dataplane(args: &DataplaneArgs) -> Result<()> {
                 samples.iter().filter(|(m, _)| *m == mode).map(|(_, r)| r).collect();
             let mut rates: Vec<f64> = runs.iter().map(|r| r.conn_per_s).collect();
             rates.sort_by(f64::total_cmp);
-            let median = rates.get(rates.len() / 2).copied().unwrap_or(f64::NAN);
+            let median = median(&rates);
             let mut row = full_rows
                 .iter()
                 .find(|r| r["mode"] == mode.name())
@@ -903,4 +903,27 @@ fn write_report(args: &DataplaneArgs, rows: &[Value], legacy: &[Value], load: &s
     plotted?;
     println!("bench dataplane: wrote {}", out.join("dataplane.md").display());
     Ok(())
+}
+
+/// The median of sorted `v` (the mean of the two middle values for an even count; NaN when
+/// empty). `v[len / 2]` alone would report the larger of two runs for `--repeat 2`.
+fn median(v: &[f64]) -> f64 {
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => f64::midpoint(v[n / 2 - 1], v[n / 2]),
+    }
+}
+
+#[cfg(test)]
+mod median_tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert!(median(&[]).is_nan());
+        assert!((median(&[3.0]) - 3.0).abs() < f64::EPSILON);
+        assert!((median(&[1.0, 2.0, 9.0]) - 2.0).abs() < f64::EPSILON);
+        assert!((median(&[1.0, 3.0]) - 2.0).abs() < f64::EPSILON);
+    }
 }

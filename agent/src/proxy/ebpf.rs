@@ -409,11 +409,10 @@ impl EbpfProxier {
         }
         let ids = Ids::from_state(&current);
         lb.set_node_addresses(&config.node_addresses)?;
+        // Programs of an older layout (an upgraded agent) stay attached and keep serving from
+        // their maps: ours start empty. The caller removes them after the first sync
+        // ([`remove_other_layouts`]).
         lb.attach(&config.cgroup)?;
-        // Ours are attached: programs and maps of an older layout (an upgraded agent) go.
-        for old in bpf_lb::remove_other_layouts(&config.pin_root)? {
-            tracing::info!(path = %old.display(), "removed pins of an older map layout");
-        }
         let events = lb.take_events();
         Ok(EbpfProxier {
             lb,
@@ -427,6 +426,18 @@ impl EbpfProxier {
             events,
             log_window: (Instant::now(), 0),
         })
+    }
+
+    /// Removes the pins of other map layouts under `pin_root` (an upgraded agent's
+    /// predecessor), which detaches its programs. Call it once the first sync has filled this
+    /// layout's maps and the tc programs are attached: until then the old programs serve
+    /// Service traffic (make-before-break across a layout change; ours run after theirs and
+    /// see already translated addresses).
+    pub fn remove_other_layouts(pin_root: &Path) -> Result<(), ProxyError> {
+        for old in bpf_lb::remove_other_layouts(pin_root)? {
+            tracing::info!(path = %old.display(), "removed pins of an older map layout");
+        }
+        Ok(())
     }
 
     /// Detaches the programs and removes every pin under `pin_root` (maps included).
@@ -679,6 +690,7 @@ impl EbpfProxier {
         let mut changed: BTreeSet<&ServicePortName> = BTreeSet::new();
         for group in &groups {
             let mut result = Ok(());
+            let mut wrote = false;
             for op in &group.ops {
                 if let MapOp::SlotPut(k, v) = op
                     && k.slot > 0
@@ -696,6 +708,7 @@ impl EbpfProxier {
                     }
                     break;
                 }
+                wrote = true;
             }
             match (result, group.frontend) {
                 (Ok(()), Some(key)) => {
@@ -718,11 +731,28 @@ impl EbpfProxier {
                     self.counters.failed_ops += 1;
                     let owner = frontend.and_then(|k| owners.get(&k)).cloned();
                     tracing::error!(service = ?owner.as_ref().map(ToString::to_string), error = %e, "load-balancer map update failed");
-                    if let Some(key) = frontend {
-                        self.current.frontends.remove(&key);
-                        if let Some(o) = owner {
-                            report.failed.push((o, e.to_string()));
+                    if let Some(key) = frontend
+                        && wrote
+                    {
+                        // Half written: the maps may hold the old or the new slot 0, its
+                        // reverse-NAT entry and slots of either. Remember a state that differs
+                        // from every wanted one (slot ids 0) and covers them all, so the retry
+                        // rewrites each entry and a removal deletes each.
+                        let have = self.current.frontends.get(&key);
+                        let want = to.frontends.get(&key);
+                        let len = |f: Option<&FrontendState>| f.map_or(0, |f| f.slots.len());
+                        if let Some(base) = want.or(have) {
+                            let partial = FrontendState {
+                                svc_id: base.svc_id,
+                                flags: want.map_or(0, |f| f.flags) | have.map_or(0, |f| f.flags),
+                                affinity_s: base.affinity_s,
+                                slots: vec![0; len(want).max(len(have))],
+                            };
+                            self.current.frontends.insert(key, partial);
                         }
+                    }
+                    if let Some(o) = owner {
+                        report.failed.push((o, e.to_string()));
                     }
                 }
             }
@@ -766,7 +796,16 @@ impl Proxier for EbpfProxier {
     }
 
     fn sync(&mut self, desired: &DesiredState) -> Result<SyncReport, ProxyError> {
-        let changed = if self.last.is_empty() { None } else { Some(self.changed_ports(desired)) };
+        let changed = if self.last.is_empty() {
+            None
+        } else {
+            // Ports that failed last time are compared too (also when they are gone now).
+            let mut changed = self.changed_ports(desired);
+            changed.extend(self.retry.iter().cloned());
+            changed.sort();
+            changed.dedup();
+            Some(changed)
+        };
         Ok(self.sync_ports(desired, changed))
     }
 
@@ -779,14 +818,15 @@ impl Proxier for EbpfProxier {
             None
         } else {
             // Only the named ports (and those that failed last time) can differ; skip those
-            // whose desired value did not change.
+            // whose desired value did not change. A failed port is always compared: `last`
+            // no longer holds it, but its half-written entries do, also once it is deleted.
             Some(
                 changed
                     .iter()
                     .chain(&self.retry)
                     .collect::<BTreeSet<_>>()
                     .into_iter()
-                    .filter(|k| desired.get(*k) != self.last.get(*k))
+                    .filter(|k| self.retry.contains(*k) || desired.get(*k) != self.last.get(*k))
                     .cloned()
                     .collect(),
             )

@@ -216,6 +216,9 @@ pub fn run(cfg: &StandaloneConfig) -> Result<Option<RunReport>, ProxyError> {
         "synced"
     );
     if cfg.once {
+        if cfg.mode == Mode::Ebpf {
+            EbpfProxier::remove_other_layouts(&cfg.pin_root)?;
+        }
         let (cpu0, w0) = (cpu_seconds(), Instant::now());
         let changes = churn(&mut tracker, proxier.get(), cfg)?;
         let report = RunReport {
@@ -244,6 +247,8 @@ pub fn run(cfg: &StandaloneConfig) -> Result<Option<RunReport>, ProxyError> {
         for (iface, ip) in &cfg.nodeport {
             nodeport.push(bpf_lb::TcNodePort::attach(&cfg.pin_root, cfg.map_sizes, *ip, iface)?);
         }
+        // Our maps are filled and every program is attached: an older layout's programs go.
+        EbpfProxier::remove_other_layouts(&cfg.pin_root)?;
     }
     let mut health_checks = HealthCheckServer::new(None);
     health_checks.update(tracker.state());

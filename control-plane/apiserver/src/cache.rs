@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::store::{Store, StoreError, Stored};
 
-mod splice;
+pub(crate) mod splice;
 
 /// Events kept per resource for watches that resume from an older resourceVersion.
 pub const HISTORY: usize = 20_000;

@@ -654,7 +654,14 @@ impl Server {
                     return Err(ApiError::not_found_path());
                 }
                 check_type(res, &obj)?;
-                let created = reg.create(res, &ns, obj, &wctx).await?;
+                let (created, json) = reg.create_encoded(res, &ns, obj, &wctx).await?;
+                if let (ResponseFormat::Json, Some(json)) = (ctx.fmt, json) {
+                    let mut r = Response::new(full(json));
+                    *r.status_mut() = StatusCode::CREATED;
+                    r.headers_mut()
+                        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                    return Ok(r);
+                }
                 Ok(object_response(201, res, &created, ctx.fmt, &include))
             }
             "update" => {

@@ -270,17 +270,29 @@ impl Registry {
     }
 
     /// Creates an object; returns it with its resourceVersion.
+    pub async fn create(
+        &self,
+        res: &Resource,
+        ns: &str,
+        obj: Value,
+        ctx: &WriteCtx,
+    ) -> Result<Value, ApiError> {
+        self.create_encoded(res, ns, obj, ctx).await.map(|(v, _)| v)
+    }
+
+    /// [`Self::create`], also returning the created object's JSON when it could be made from
+    /// the stored bytes without encoding the object again (not for dry runs).
     #[expect(
         clippy::too_many_lines,
         reason = "create is one upstream strategy: metadata, defaults, validation, allocation"
     )]
-    pub async fn create(
+    pub async fn create_encoded(
         &self,
         res: &Resource,
         ns: &str,
         mut obj: Value,
         ctx: &WriteCtx,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<(Value, Option<bytes::Bytes>), ApiError> {
         if !obj.is_object() {
             return Err(ApiError::bad_request("the request body must be an object"));
         }
@@ -351,7 +363,7 @@ impl Registry {
             if self.store.get(&key).await?.0.is_some() {
                 return Err(ApiError::already_exists(res, &name));
             }
-            return Ok(obj);
+            return Ok((obj, None));
         }
         let allocates = res.kind == "Service" && res.group.is_empty();
         for _attempt in 0..16 {
@@ -369,7 +381,12 @@ impl Registry {
             let (ok, rev) = self.store.txn(&all_guards, &ops).await?;
             if ok {
                 set_rv(&mut candidate, rev);
-                return Ok(candidate);
+                // The stored bytes with the revision spliced in are the created object's JSON.
+                let json = match &ops[0] {
+                    Op::Put(_, stored) => crate::cache::splice::with_resource_version(stored, rev),
+                    Op::Delete(_) => None,
+                };
+                return Ok((candidate, json));
             }
             if self.store.get(&key).await?.0.is_some() {
                 return Err(ApiError::already_exists(res, &name));

@@ -11,6 +11,9 @@
 //! - `udpsrc IP PORT N`: N new sockets, one `src` datagram each; `ok ID@SRC,... from=ADDR,...`
 //! - `udp IP PORT N`: N new unconnected sockets, one datagram each; `ok ID,... from=ADDR,...`
 //! - `udpconn IP PORT N`: one connected socket, N datagrams; `ok ID,... peer=ADDR`
+//! - `tcpfrom IP PORT SRCPORT`: one connection from local port SRCPORT, closed with a reset
+//!   (no `TIME_WAIT`, so the same tuple can be used again at once); `ok ID`
+//! - `udpfrom IP PORT SRCPORT`: one datagram from a socket on local port SRCPORT; `ok ID`
 //! - `hold IP PORT`: opens a connection and keeps it; `ok INDEX ID`
 //! - `bind IP PORT` / `bindudp IP PORT`: binds a TCP listener / UDP socket and closes it;
 //!   `ok bound`
@@ -168,6 +171,45 @@ fn connect(addr: SocketAddr) -> Result<(BufReader<TcpStream>, TcpStream), String
     Ok((BufReader::new(r), s))
 }
 
+/// `tcpfrom IP PORT SRCPORT`.
+fn tcp_from(words: &[&str]) -> Result<String, String> {
+    let (addr, src) = target(words)?;
+    let src = u16::try_from(src).map_err(|e| format!("bad source port: {e}"))?;
+    let s = connect_from(addr, src)?;
+    s.set_read_timeout(Some(TIMEOUT)).map_err(|e| kind(&e))?;
+    let mut r = BufReader::new(s.try_clone().map_err(|e| kind(&e))?);
+    Ok(format!("ok {}", read_line(&mut r)?))
+}
+
+/// `udpfrom IP PORT SRCPORT`.
+fn udp_from(words: &[&str]) -> Result<String, String> {
+    let (addr, src) = target(words)?;
+    let src = u16::try_from(src).map_err(|e| format!("bad source port: {e}"))?;
+    let s = UdpSocket::bind(("0.0.0.0", src)).map_err(|e| kind(&e))?;
+    s.set_read_timeout(Some(TIMEOUT)).map_err(|e| kind(&e))?;
+    s.send_to(b"x", addr).map_err(|e| kind(&e))?;
+    let mut buf = [0u8; 1500];
+    let (len, _) = s.recv_from(&mut buf).map_err(|e| kind(&e))?;
+    Ok(format!("ok {}", String::from_utf8_lossy(&buf[..len])))
+}
+
+/// A TCP connection from local port `port` to `addr` whose close sends a reset (linger 0).
+fn connect_from(addr: SocketAddr, port: u16) -> Result<TcpStream, String> {
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket, sockopt,
+    };
+    use std::os::fd::AsRawFd;
+    let SocketAddr::V4(v4) = addr else { return Err("IPv4 only".into()) };
+    let e = |e: nix::Error| format!("{:?}", std::io::Error::from(e).kind());
+    let fd =
+        socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).map_err(e)?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(e)?;
+    setsockopt(&fd, sockopt::Linger, &nix::libc::linger { l_onoff: 1, l_linger: 0 }).map_err(e)?;
+    bind(fd.as_raw_fd(), &SockaddrIn::new(0, 0, 0, 0, port)).map_err(e)?;
+    connect(fd.as_raw_fd(), &SockaddrIn::from(v4)).map_err(e)?;
+    Ok(TcpStream::from(fd))
+}
+
 fn run(
     words: &[&str],
     held: &mut Vec<(BufReader<TcpStream>, TcpStream)>,
@@ -184,6 +226,8 @@ fn run(
             }
             Ok(format!("ok {} peer={peer}", ids.join(",")))
         }
+        Some("tcpfrom") => tcp_from(words),
+        Some("udpfrom") => udp_from(words),
         Some("tcpports") => {
             let (addr, n) = target(words)?;
             let mut out = Vec::new();
