@@ -608,6 +608,8 @@ async fn main() -> Result<()> {
                 eprintln!("--- {} metrics\n{}", s.name, lines.join("\n"));
             }
         }
+        // The etcd data dir inside it went with `Etcd`'s drop; the parent stays otherwise.
+        let _ = std::fs::remove_dir_all(&base);
         return Ok(());
     }
     drop(masters);
