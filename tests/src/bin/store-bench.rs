@@ -540,45 +540,84 @@ before acknowledging. Puts write 256-byte values to random keys among {KEY_SPACE
     md
 }
 
+const USAGE: &str = "usage: store-bench [--small] [--out DIR] [--note TEXT] [--phase-secs N] \
+[--clients 64,256] [--skiff-only]";
+
+/// Command-line options; unknown arguments are an error, not ignored.
+struct Options {
+    out: PathBuf,
+    small: bool,
+    note: String,
+    phase_secs: Option<u64>,
+    clients: Option<Vec<usize>>,
+    skiff_only: bool,
+}
+
+impl Options {
+    /// `None` for `--help`.
+    fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<Self>> {
+        let mut o = Self {
+            out: PathBuf::from("docs/benchmarks"),
+            small: false,
+            note: String::new(),
+            phase_secs: None,
+            clients: None,
+            skiff_only: false,
+        };
+        while let Some(a) = args.next() {
+            let mut value = || args.next().with_context(|| format!("{a} needs a value; {USAGE}"));
+            match a.as_str() {
+                "--small" => o.small = true,
+                "--skiff-only" => o.skiff_only = true,
+                "--out" => o.out = PathBuf::from(value()?),
+                "--note" => o.note = value()?,
+                "--phase-secs" => {
+                    o.phase_secs =
+                        Some(value()?.parse().context("--phase-secs takes whole seconds")?);
+                }
+                "--clients" => {
+                    o.clients = Some(
+                        value()?
+                            .split(',')
+                            .map(|c| {
+                                c.trim()
+                                    .parse::<usize>()
+                                    .context("--clients takes a list like 64,256")
+                            })
+                            .collect::<Result<_>>()?,
+                    );
+                }
+                "-h" | "--help" => return Ok(None),
+                other => anyhow::bail!("unknown argument {other:?}; {USAGE}"),
+            }
+        }
+        Ok(Some(o))
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let out = args
-        .iter()
-        .position(|a| a == "--out")
-        .and_then(|i| args.get(i + 1))
-        .map_or_else(|| PathBuf::from("docs/benchmarks"), PathBuf::from);
-    let small = args.iter().any(|a| a == "--small");
-    let note = args
-        .iter()
-        .position(|a| a == "--note")
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-        .unwrap_or_default();
+    let Some(opts) = Options::parse(std::env::args().skip(1))? else {
+        println!("{USAGE}");
+        return Ok(());
+    };
+    let Options { out, small, note, phase_secs, clients, skiff_only } = opts;
     let mut scale = if small {
         Scale { fill_writes: 2_000, phase: Duration::from_secs(2), watch_events: 400 }
     } else {
         Scale { fill_writes: 100_000, phase: Duration::from_secs(10), watch_events: 4_000 }
     };
-    let value_of = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1));
-    if let Some(v) = value_of("--phase-secs") {
-        scale.phase = Duration::from_secs(v.parse().context("--phase-secs takes whole seconds")?);
+    if let Some(secs) = phase_secs {
+        scale.phase = Duration::from_secs(secs);
     }
     // `--clients 64,256` runs only those put phases and no read or watch phase (a profiling
     // run: no report is written).
-    let client_counts: Vec<usize> = match value_of("--clients") {
-        Some(list) => list
-            .split(',')
-            .map(|c| c.trim().parse::<usize>().context("--clients takes a list like 64,256"))
-            .collect::<Result<_>>()?,
-        None => ALL_CLIENTS.to_vec(),
-    };
+    let client_counts = clients.unwrap_or_else(|| ALL_CLIENTS.to_vec());
     let before = loadavg();
     let tag = skiff_e2e::unique_tag();
     let base = std::env::temp_dir().join(format!("skiff-test-{tag}-bench"));
 
     // `--skiff-only` skips the anchor (for profiling runs; no report is written then).
-    let skiff_only = args.iter().any(|a| a == "--skiff-only");
     let profiling = skiff_only || client_counts != ALL_CLIENTS;
     let etcd_result = if skiff_only {
         serde_json::Value::Null
