@@ -761,7 +761,7 @@ fn write_report(args: &DataplaneArgs, rows: &[Value], legacy: &[Value], load: &s
     }
     let _ = writeln!(
         md,
-        "\n## New connections per second (`Connection: close`)\n\nMedian of {} runs per cell (the upper middle one for an even count), interleaved: each round runs every mode once, starting one mode later than the round before. iptables = iptables-nft, legacy = iptables-legacy (same rules, whole-table restore).\n\n| Services | direct | iptables | legacy | eBPF | eBPF / direct | eBPF / iptables | eBPF / legacy |\n|---|---|---|---|---|---|---|---|",
+        "\n## New connections per second (`Connection: close`)\n\nMedian of {} runs per cell (the mean of the middle two for an even count), interleaved: each round runs every mode once, starting one mode later than the round before. iptables = iptables-nft, legacy = iptables-legacy (same rules, whole-table restore).\n\n| Services | direct | iptables | legacy | eBPF | eBPF / direct | eBPF / iptables | eBPF / legacy |\n|---|---|---|---|---|---|---|---|",
         args.repeat.max(1)
     );
     for &n in &args.services {
