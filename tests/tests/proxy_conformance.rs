@@ -739,20 +739,10 @@ fn ebpf_gc_removes_reverse_nat_entries_of_removed_services() {
 /// while it is still an active endpoint, and chooses again once it has been removed.
 #[test]
 fn ebpf_nodeport_syn_on_an_old_tuple_leaves_a_removed_backend() {
-    let name = "ebpf_nodeport_syn_on_an_old_tuple_leaves_a_removed_backend";
-    if !privileged::privileged(name) {
-        return;
-    }
-    let mut h = Harness::new(Mode::Ebpf, 2, LbMapSizes::default()).expect("topology");
-    let cmd = format!("tcpfrom {NODE_CLIENT_SIDE} {NODE_PORT} 40123");
-    h.sync(&[svc("web", [10, 96, 0, 10], &[0])]).unwrap();
-    assert_eq!(h.topo.outside_probe().unwrap().ok(&cmd).unwrap(), ["b0"]);
-    h.sync(&[svc("web", [10, 96, 0, 10], &[0, 1])]).unwrap();
-    for _ in 0..3 {
-        assert_eq!(h.topo.outside_probe().unwrap().ok(&cmd).unwrap(), ["b0"], "kept");
-    }
-    h.sync(&[svc("web", [10, 96, 0, 10], &[1])]).unwrap();
-    assert_eq!(h.topo.outside_probe().unwrap().ok(&cmd).unwrap(), ["b1"], "b0 was removed");
+    nodeport_flow_leaves_a_removed_backend(
+        "ebpf_nodeport_syn_on_an_old_tuple_leaves_a_removed_backend",
+        &format!("tcpfrom {NODE_CLIENT_SIDE} {NODE_PORT} 40123"),
+    );
 }
 
 /// eBPF only: a UDP NodePort flow stays with its backend while that is an endpoint and moves
@@ -760,20 +750,27 @@ fn ebpf_nodeport_syn_on_an_old_tuple_leaves_a_removed_backend() {
 /// the same reason).
 #[test]
 fn ebpf_nodeport_udp_flow_leaves_a_removed_backend() {
-    let name = "ebpf_nodeport_udp_flow_leaves_a_removed_backend";
+    nodeport_flow_leaves_a_removed_backend(
+        "ebpf_nodeport_udp_flow_leaves_a_removed_backend",
+        &format!("udpfrom {NODE_CLIENT_SIDE} {NODE_PORT} 40124"),
+    );
+}
+
+/// `cmd` (a probe from one fixed client port) reaches b0, keeps reaching it once b1 is added,
+/// and reaches b1 once b0 is removed.
+fn nodeport_flow_leaves_a_removed_backend(name: &str, cmd: &str) {
     if !privileged::privileged(name) {
         return;
     }
     let mut h = Harness::new(Mode::Ebpf, 2, LbMapSizes::default()).expect("topology");
-    let cmd = format!("udpfrom {NODE_CLIENT_SIDE} {NODE_PORT} 40124");
     h.sync(&[svc("web", [10, 96, 0, 10], &[0])]).unwrap();
-    assert_eq!(h.topo.outside_probe().unwrap().ok(&cmd).unwrap(), ["b0"]);
+    assert_eq!(h.topo.outside_probe().unwrap().ok(cmd).unwrap(), ["b0"]);
     h.sync(&[svc("web", [10, 96, 0, 10], &[0, 1])]).unwrap();
     for _ in 0..3 {
-        assert_eq!(h.topo.outside_probe().unwrap().ok(&cmd).unwrap(), ["b0"], "kept");
+        assert_eq!(h.topo.outside_probe().unwrap().ok(cmd).unwrap(), ["b0"], "kept");
     }
     h.sync(&[svc("web", [10, 96, 0, 10], &[1])]).unwrap();
-    assert_eq!(h.topo.outside_probe().unwrap().ok(&cmd).unwrap(), ["b1"], "b0 was removed");
+    assert_eq!(h.topo.outside_probe().unwrap().ok(cmd).unwrap(), ["b1"], "b0 was removed");
 }
 
 /// eBPF only: an upgraded agent leaves the pins of an older map layout (whose programs keep
