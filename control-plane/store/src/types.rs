@@ -308,6 +308,67 @@ mod tests {
         ignore_lease: bool,
     }
 
+    /// `KeyValue`, `KeyRange` and a value compare as encoded before their byte fields were
+    /// marked as byte strings (raft log entries and forwarded batches on disk and the wire).
+    #[derive(Serialize)]
+    struct PlainKeyValue {
+        key: Vec<u8>,
+        create_revision: i64,
+        mod_revision: i64,
+        version: i64,
+        value: Vec<u8>,
+        lease: i64,
+    }
+
+    #[derive(Serialize)]
+    struct PlainKeyRange {
+        key: Vec<u8>,
+        range_end: Vec<u8>,
+    }
+
+    #[derive(Serialize)]
+    enum PlainCompareTarget {
+        _Version(i64),
+        _Create(i64),
+        _Mod(i64),
+        Value(Vec<u8>),
+    }
+
+    #[test]
+    fn every_byte_field_keeps_its_bincode_encoding() {
+        let kv = KeyValue {
+            key: b"/k".to_vec(),
+            create_revision: 2,
+            mod_revision: 5,
+            version: 3,
+            value: (0..=255).collect(),
+            lease: 1,
+        };
+        let plain = PlainKeyValue {
+            key: kv.key.clone(),
+            create_revision: 2,
+            mod_revision: 5,
+            version: 3,
+            value: kv.value.clone(),
+            lease: 1,
+        };
+        let old = bincode::serialize(&plain).unwrap();
+        assert_eq!(bincode::serialize(&kv).unwrap(), old);
+        assert_eq!(bincode::deserialize::<KeyValue>(&old).unwrap(), kv);
+        let range = KeyRange::prefix("/a/");
+        let old = bincode::serialize(&PlainKeyRange {
+            key: range.key.clone(),
+            range_end: range.range_end.clone(),
+        })
+        .unwrap();
+        assert_eq!(bincode::serialize(&range).unwrap(), old);
+        assert_eq!(bincode::deserialize::<KeyRange>(&old).unwrap(), range);
+        let target = CompareTarget::Value(vec![1, 2, 3]);
+        let old = bincode::serialize(&PlainCompareTarget::Value(vec![1, 2, 3])).unwrap();
+        assert_eq!(bincode::serialize(&target).unwrap(), old);
+        assert_eq!(bincode::deserialize::<CompareTarget>(&old).unwrap(), target);
+    }
+
     #[test]
     fn byte_fields_keep_their_bincode_and_json_encodings() {
         let put = PutRequest {

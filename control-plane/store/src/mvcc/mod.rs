@@ -706,4 +706,6 @@ pub fn validate_range(r: &KeyRange) -> Result<(), KvError> {
 }
 
 #[cfg(test)]
+mod model_tests;
+#[cfg(test)]
 mod tests;

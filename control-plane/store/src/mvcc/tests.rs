@@ -291,3 +291,74 @@ fn dump_and_restore_round_trip() {
     assert_eq!(get(&b.mvcc, "junk", 0).unwrap(), None);
     assert_eq!(get(&b.mvcc, "k2", 0).unwrap().unwrap().mod_revision, 3);
 }
+
+/// The MVCC record and dump as encoded before their byte fields were marked as byte strings
+/// (what existing data dirs, raft snapshots and backups hold).
+mod before_bytes {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    pub struct Record {
+        pub key: Vec<u8>,
+        pub value: Vec<u8>,
+        pub create_revision: i64,
+        pub version: i64,
+        pub lease: i64,
+        pub tombstone: bool,
+    }
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    pub struct MvccDump {
+        pub revision: i64,
+        pub compact_revision: i64,
+        pub records: Vec<(super::Rev, Record)>,
+        pub applied: Vec<u8>,
+    }
+}
+
+#[test]
+fn records_and_dumps_written_before_byte_strings_read_back_unchanged() {
+    let rec = |key: &[u8], value: Vec<u8>, tombstone| Record {
+        key: key.to_vec(),
+        value,
+        create_revision: 2,
+        version: 3,
+        lease: 7,
+        tombstone,
+    };
+    let old_rec = |r: &Record| before_bytes::Record {
+        key: r.key.clone(),
+        value: r.value.clone(),
+        create_revision: r.create_revision,
+        version: r.version,
+        lease: r.lease,
+        tombstone: r.tombstone,
+    };
+    let records = vec![
+        (Rev::new(2, 0), rec(b"/registry/a", (0..=255).collect(), false)),
+        (Rev::new(3, 1), rec(b"", Vec::new(), true)),
+        (Rev::new(4, 0), rec(&[0xff, 0], vec![0; 70_000], false)),
+    ];
+    for (_, r) in &records {
+        let old = bincode::serialize(&old_rec(r)).unwrap();
+        assert_eq!(encode(r), old, "record bytes unchanged");
+        assert_eq!(&decode_record(&old).unwrap(), r);
+    }
+    let dump = MvccDump {
+        revision: 4,
+        compact_revision: 1,
+        records: records.clone(),
+        applied: vec![9, 8, 7],
+    };
+    let old = bincode::serialize(&before_bytes::MvccDump {
+        revision: 4,
+        compact_revision: 1,
+        records: records.iter().map(|(rev, r)| (*rev, old_rec(r))).collect(),
+        applied: vec![9, 8, 7],
+    })
+    .unwrap();
+    assert_eq!(bincode::serialize(&dump).unwrap(), old, "dump bytes unchanged");
+    assert_eq!(bincode::deserialize::<MvccDump>(&old).unwrap(), dump);
+    // A truncated dump is an error, not a panic or a huge allocation.
+    for cut in [1, 20, old.len() / 2, old.len() - 1] {
+        assert!(bincode::deserialize::<MvccDump>(&old[..cut]).is_err(), "cut at {cut}");
+    }
+}
