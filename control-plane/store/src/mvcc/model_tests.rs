@@ -186,16 +186,16 @@ fn strip(events: &[Event]) -> Vec<Event> {
 
 #[test]
 fn every_event_detail_matches_the_model_across_reopen_compaction_and_restore() {
-    for seed in 1..=8u64 {
+    for seed in 1..=3u64 {
         let mut g = Gen(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         // An empty store is at revision 1; the first write takes 2.
         let mut m = Model { live: BTreeMap::new(), rev: 1 };
+        // The last member changes its detail every batch, as watchers come and go: a value
+        // written while nobody watched is still the right prev_kv once someone does.
+        let details = [EventDetail::WithPrevKv, EventDetail::Events, EventDetail::None];
         let mut members: Vec<Member> =
-            [EventDetail::WithPrevKv, EventDetail::Events, EventDetail::None]
-                .into_iter()
-                .map(Member::new)
-                .collect();
-        for step in 0..120 {
+            details.into_iter().chain([EventDetail::None]).map(Member::new).collect();
+        for step in 0..100 {
             let what = format!("seed {seed} step {step}");
             if step % 37 == 36 && m.rev > 2 {
                 // Compact somewhere in the past, as its own batch.
@@ -205,6 +205,7 @@ fn every_event_detail_matches_the_model_across_reopen_compaction_and_restore() {
                     members.iter().map(|x| x.apply(std::slice::from_ref(&op)).0).collect();
                 assert!(results.windows(2).all(|w| w[0] == w[1]), "{what}: {results:?}");
             } else {
+                members[3].detail = details[usize::try_from(g.below(3)).unwrap()];
                 let mut expected = Vec::new();
                 let ops: Vec<WriteOp> =
                     (0..=g.below(4)).map(|_| random_op(&mut g, &mut m, &mut expected)).collect();
