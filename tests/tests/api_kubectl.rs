@@ -520,3 +520,80 @@ fn binding_graceful_deletion_finalizers_and_limits() -> Result<()> {
     );
     Ok(())
 }
+
+/// Writes `value` at `key` with the real etcdctl, straight into the store under the API server.
+fn etcdctl_put(endpoints: &str, key: &str, value: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", endpoints, "--command-timeout", "10s", "put", key])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("etcdctl runs")?;
+    child.stdin.take().context("piped stdin")?.write_all(value)?;
+    let out = child.wait_with_output()?;
+    ensure!(out.status.success(), "etcdctl put {key}: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+/// Values written straight through etcd that do not decode as JSON values (invalid UTF-8, a
+/// lone surrogate escape) are left out of lists, and a key repeated inside an object is served
+/// once: a list stays JSON that strict clients (`serde_json`, as in kube-rs) can read.
+#[test]
+fn lists_leave_out_stored_values_that_do_not_decode() -> Result<()> {
+    let name = "lists_leave_out_stored_values_that_do_not_decode";
+    if !skiff_e2e::privileged::tools(name, &["etcdctl"]) {
+        return Ok(());
+    }
+    let env = env()?;
+    let (k, cluster) = (&env.k, &env.cluster);
+    let endpoints = cluster.store_endpoints();
+    let key = |n: &str| format!("/registry/core/configmaps/default/{n}");
+    let cm = |n: &str, data: &str| {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{n}","namespace":"default"}},"data":{data}}}"#
+        )
+    };
+    let mut bad_utf8 = cm("skt-bad-utf8", r#"{"a":"?"}"#).into_bytes();
+    let at = bad_utf8.iter().position(|b| *b == b'?').context("placeholder")?;
+    bad_utf8[at] = 0xff;
+    etcdctl_put(&endpoints, &key("skt-bad-utf8"), &bad_utf8)?;
+    etcdctl_put(
+        &endpoints,
+        &key("skt-bad-surrogate"),
+        cm("skt-bad-surrogate", r#"{"a":"\ud800"}"#).as_bytes(),
+    )?;
+    etcdctl_put(
+        &endpoints,
+        &key("skt-repeated"),
+        cm("skt-repeated", r#"{"a":"1","a":"2"}"#).as_bytes(),
+    )?;
+    // Written last: once it is listed, the cache has applied the writes before it.
+    etcdctl_put(&endpoints, &key("skt-last"), cm("skt-last", r#"{"a":"b"}"#).as_bytes())?;
+    let path = "/api/v1/namespaces/default/configmaps";
+    let mut body = Vec::new();
+    wait::until("the last write is listed", Duration::from_secs(30), || {
+        let out = k.run(&["get", "--raw", path])?;
+        body = out.stdout;
+        Ok(out.status.success() && body.windows(8).any(|w| w == b"skt-last"))
+    })?;
+    let list: serde_json::Value = serde_json::from_slice(&body)
+        .with_context(|| format!("the list is JSON: {}", String::from_utf8_lossy(&body)))?;
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .context("items")?
+        .iter()
+        .filter_map(|i| i.pointer("/metadata/name").and_then(serde_json::Value::as_str))
+        .filter(|n| n.starts_with("skt-"))
+        .collect();
+    ensure!(names == ["skt-last", "skt-repeated"], "{names:?}");
+    let repeated = b"\"a\":\"1\"";
+    ensure!(
+        !body.windows(repeated.len()).any(|w| w == repeated),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    Ok(())
+}

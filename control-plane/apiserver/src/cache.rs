@@ -66,13 +66,13 @@ impl CachedObject {
         Self { rev, json: OnceLock::new(), value: OnceLock::from(value) }
     }
 
-    /// A stored value at mod revision `rev`; `None` when it is not JSON (such a value is not
-    /// an object of ours and is skipped, as before).
+    /// A stored value at mod revision `rev`; `None` when it does not decode as a JSON value
+    /// (such a value is not an object of ours and is skipped, as before). The bytes are kept
+    /// only when decoding them and encoding again would give the same JSON (no repeated keys).
     pub fn from_stored(stored: &[u8], rev: i64) -> Option<Self> {
-        if serde_json::from_slice::<serde::de::IgnoredAny>(stored).is_err() {
-            return None;
-        }
-        if let Some(json) = splice::with_resource_version(stored, rev) {
+        let repeats = splice::decodable(stored)?;
+        if let Some(json) = (!repeats).then(|| splice::with_resource_version(stored, rev)).flatten()
+        {
             return Some(Self { rev, json: OnceLock::from(json), value: OnceLock::new() });
         }
         let mut value: Value = serde_json::from_slice(stored).ok()?;
@@ -498,5 +498,38 @@ mod tests {
             CachedObject::new(serde_json::json!({"metadata": {"resourceVersion": "12"}})).rev(),
             12
         );
+    }
+
+    /// `from_stored` must keep exactly the objects a decode keeps and serve what decoding,
+    /// setting the resourceVersion and encoding again would serve.
+    #[test]
+    fn stored_bytes_are_served_only_as_a_decode_would_serve_them() {
+        let deep = format!(r#"{{"metadata":{{}},"spec":{}{}}}"#, "[".repeat(200), "]".repeat(200));
+        let cases: [&[u8]; 8] = [
+            b"{\"metadata\":{\"name\":\"\xff\"}}",
+            br#"{"metadata":{"name":"\ud800"}}"#,
+            br#"{"metadata":{"name":"n"},"spec":{"n":1e400}}"#,
+            deep.as_bytes(),
+            br#"{"metadata":{"name":"n","labels":{"a":"1","a":"2"}},"spec":{"x":1,"x":2}}"#,
+            br#"{"metadata":{"name":"n"},"spec":{"x":1,"\u0078":2}}"#,
+            br#"{"spec":[{"k":1,"k":2}],"metadata":{"name":"n"}}"#,
+            br#"{"metadata":{"name":"\ud83d\ude00"},"spec":{"x":1,"y":2}}"#,
+        ];
+        for stored in cases {
+            let shown = String::from_utf8_lossy(stored);
+            let decoded = serde_json::from_slice::<Value>(stored).ok().map(|mut v| {
+                set_rv(&mut v, 5);
+                v
+            });
+            let cached = CachedObject::from_stored(stored, 5);
+            assert_eq!(cached.is_some(), decoded.is_some(), "{shown}");
+            let (Some(cached), Some(decoded)) = (cached, decoded) else { continue };
+            assert_eq!(cached.value(), &decoded, "{shown}");
+            // Every object in the served bytes has each key once, as in the decoded value.
+            let served = cached.json();
+            assert_eq!(splice::decodable(served), Some(false), "{shown}");
+            let reparsed: Value = serde_json::from_slice(served).expect("served bytes are JSON");
+            assert_eq!(reparsed, decoded, "{shown}");
+        }
     }
 }

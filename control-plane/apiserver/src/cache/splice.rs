@@ -2,7 +2,10 @@
 //! store keeps objects without their resourceVersion (it is the key's mod revision), and the
 //! watch cache serves the stored bytes with it added.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 /// `stored` (valid JSON, checked by the caller) with `"resourceVersion":"<rev>"` appended to
 /// its top-level `metadata` object. `None` when the bytes are not in the plain shape this
@@ -27,6 +30,111 @@ pub fn with_resource_version(stored: &[u8], rev: i64) -> Option<Bytes> {
     out.extend_from_slice(field.as_bytes());
     out.extend_from_slice(&json[close..]);
     Some(Bytes::from(out))
+}
+
+/// Whether `stored` decodes as a [`serde_json::Value`] does: `None` when decoding would fail
+/// (invalid UTF-8, a lone surrogate escape, a number out of range, nesting deeper than the
+/// decoder allows, trailing bytes), so the object is skipped exactly as a decode would skip
+/// it; otherwise `Some(repeats)`, where `repeats` says some object in it repeats a key.
+/// Decoding keeps the last of repeated keys and the bytes keep all of them, so such bytes
+/// must be decoded and re-encoded rather than served. Nothing is allocated for keys and
+/// strings without escapes.
+pub fn decodable(stored: &[u8]) -> Option<bool> {
+    let mut repeats = false;
+    let mut de = serde_json::Deserializer::from_slice(stored);
+    Check { repeats: &mut repeats }.deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    Some(repeats)
+}
+
+/// A [`serde::de::Visitor`] that accepts what a `Value` accepts and notes repeated keys.
+struct Check<'r> {
+    repeats: &'r mut bool,
+}
+
+impl<'de> DeserializeSeed<'de> for Check<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Check<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Check { repeats: &mut *self.repeats })?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut keys: Vec<Cow<'de, str>> = Vec::new();
+        while let Some(key) = map.next_key_seed(Key)? {
+            keys.push(key);
+            map.next_value_seed(Check { repeats: &mut *self.repeats })?;
+        }
+        keys.sort_unstable();
+        if keys.windows(2).any(|w| w[0] == w[1]) {
+            *self.repeats = true;
+        }
+        Ok(())
+    }
+}
+
+/// An object key, borrowed from the input unless it has escapes.
+struct Key;
+
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Cow<'de, str>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Borrowed(s))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(s.to_owned()))
+    }
 }
 
 fn trim(b: &[u8]) -> &[u8] {
