@@ -405,19 +405,7 @@ pub fn connect_latency(addr: std::net::SocketAddr, count: usize) -> Result<()> {
         }
     }
     us.sort_by(f64::total_cmp);
-    let pick = |q: f64| -> f64 {
-        if us.is_empty() {
-            return f64::NAN;
-        }
-        #[expect(
-            clippy::cast_possible_truncation,
-            clippy::cast_sign_loss,
-            clippy::cast_precision_loss,
-            reason = "small index"
-        )]
-        let i = ((us.len() - 1) as f64 * q).round() as usize;
-        us[i]
-    };
+    let pick = |q: f64| percentile(&us, q);
     println!("{}", json!({"p50_us": pick(0.5), "p99_us": pick(0.99), "failed": failed}));
     Ok(())
 }
@@ -460,19 +448,7 @@ fn stats(v: &Value) -> (f64, f64, f64, f64) {
         .map(|a| a.iter().filter_map(Value::as_f64).collect())
         .unwrap_or_default();
     c.sort_by(f64::total_cmp);
-    let pick = |q: f64| -> f64 {
-        if c.is_empty() {
-            return f64::NAN;
-        }
-        #[expect(
-            clippy::cast_possible_truncation,
-            clippy::cast_sign_loss,
-            clippy::cast_precision_loss,
-            reason = "small index"
-        )]
-        let i = ((c.len() - 1) as f64 * q).round() as usize;
-        c[i] * 1000.0
-    };
+    let pick = |q: f64| percentile(&c, q) * 1000.0;
     let wall = v["churn_wall_seconds"].as_f64().unwrap_or(f64::NAN);
     let cpu = v["churn_cpu_seconds"].as_f64().unwrap_or(f64::NAN);
     (v["full_sync_seconds"].as_f64().unwrap_or(f64::NAN), pick(0.5), pick(0.99), 100.0 * cpu / wall)
@@ -907,6 +883,21 @@ fn write_report(args: &DataplaneArgs, rows: &[Value], legacy: &[Value], load: &s
 
 /// The median of sorted `v` (the mean of the two middle values for an even count; NaN when
 /// empty). `v[len / 2]` alone would report the larger of two runs for `--repeat 2`.
+/// The `q` quantile of an ascending slice (nearest rank); NaN when empty.
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "small index"
+    )]
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i]
+}
+
 fn median(v: &[f64]) -> f64 {
     match v.len() {
         0 => f64::NAN,
