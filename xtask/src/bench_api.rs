@@ -6,24 +6,12 @@ use std::process::Command;
 
 use anyhow::Result;
 
-use crate::util::{run, target_dir, workspace_root};
+use crate::util::{build_release, run, workspace_root};
 
 /// Runs the benchmark; `small` is a quick smoke scale.
 pub fn bench_api(small: bool, note: Option<&str>) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(Command::new(&cargo).current_dir(workspace_root()).args([
-        "build",
-        "--release",
-        "-p",
-        "skiff-master",
-        "-p",
-        "skiff-e2e",
-        "--bin",
-        "skiff-master",
-        "--bin",
-        "skiff-api-bench",
-    ]))?;
-    let release = target_dir().join("release");
+    let release =
+        build_release(&[("skiff-master", "skiff-master"), ("skiff-e2e", "skiff-api-bench")])?;
     let mut cmd = Command::new(release.join("skiff-api-bench"));
     cmd.current_dir(workspace_root()).env("SKIFF_MASTER_BIN", release.join("skiff-master"));
     cmd.args(["--out", &workspace_root().join("docs/benchmarks").display().to_string()]);

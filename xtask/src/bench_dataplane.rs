@@ -29,7 +29,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 
-use crate::util::{euid, output, run, target_dir, workspace_root};
+use crate::util::{build_release, euid, output, workspace_root};
 
 /// Options of the benchmark.
 #[derive(Debug, Clone, clap::Args)]
@@ -568,16 +568,7 @@ pub fn run_dataplane(args: &DataplaneArgs) -> Result<()> {
             "{tool} is missing: run `cargo xtask setup`"
         );
     }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    run(Command::new(&cargo).args([
-        "build",
-        "--release",
-        "-p",
-        "skiff-agent",
-        "--bin",
-        "skiff-agent",
-    ]))?;
-    let agent = target_dir().join("release/skiff-agent");
+    let agent = build_release(&[("skiff-agent", "skiff-agent")])?.join("skiff-agent");
     let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let env = setup(agent)?;
     let mut rows = Vec::new();

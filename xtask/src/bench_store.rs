@@ -5,27 +5,14 @@ use std::process::Command;
 
 use anyhow::Result;
 
-use crate::util::{run, target_dir, workspace_root};
+use crate::util::{build_release, run, workspace_root};
 
 /// `cargo xtask bench store`: a 3-member Skiff store against a 3-member etcd 3.4, same client.
 /// `small` runs a quick smoke scale (fewer writes, shorter phases).
 pub fn bench_store(small: bool, note: Option<&str>) -> Result<()> {
     let root = workspace_root();
-    run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(&root)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "skiff-master",
-            "-p",
-            "skiff-e2e",
-            "--bin",
-            "skiff-master",
-            "--bin",
-            "store-bench",
-        ]))?;
-    let mut cmd = Command::new(target_dir().join("release").join("store-bench"));
+    let release = build_release(&[("skiff-master", "skiff-master"), ("skiff-e2e", "store-bench")])?;
+    let mut cmd = Command::new(release.join("store-bench"));
     cmd.current_dir(&root).arg("--out").arg(root.join("docs/benchmarks"));
     if small {
         cmd.arg("--small");

@@ -19,6 +19,20 @@ pub fn target_dir() -> PathBuf {
         .map_or_else(|| workspace_root().join("target"), PathBuf::from)
 }
 
+/// Builds `bins` (package, binary) in release mode; returns the directory holding them.
+pub fn build_release(bins: &[(&str, &str)]) -> Result<PathBuf> {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root()).args(["build", "--release"]);
+    for (package, _) in bins {
+        cmd.args(["-p", package]);
+    }
+    for (_, bin) in bins {
+        cmd.args(["--bin", bin]);
+    }
+    run(&mut cmd)?;
+    Ok(target_dir().join("release"))
+}
+
 /// A command line as a person would type it.
 pub fn display(cmd: &Command) -> String {
     let mut s = cmd.get_program().to_string_lossy().into_owned();
