@@ -19,6 +19,39 @@ pub struct Node {
     server: JoinHandle<()>,
 }
 
+impl Node {
+    /// Opens `member`'s replica in `data_dir` and serves its peer API on `listener`.
+    async fn open(
+        member: &Member,
+        initial_cluster: &[Member],
+        join_existing: bool,
+        tuning: RaftTuning,
+        data_dir: std::path::PathBuf,
+        listener: tokio::net::TcpListener,
+    ) -> Result<Self> {
+        let net = NetControl::default();
+        let store = Store::open(StoreConfig {
+            name: member.name.clone(),
+            data_dir,
+            peer_url: member.peer_url.clone(),
+            client_url: String::new(),
+            initial_cluster: initial_cluster.to_vec(),
+            join_existing,
+            tuning,
+            net: net.clone(),
+        })
+        .await?;
+        let svc = store.peer_service();
+        let server = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await;
+        });
+        Ok(Self { store, net, server })
+    }
+}
+
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub members: Vec<Member>,
@@ -52,26 +85,10 @@ impl Cluster {
         }
         let mut nodes = Vec::new();
         for (i, l) in listeners.into_iter().enumerate() {
-            let net = NetControl::default();
-            let store = Store::open(StoreConfig {
-                name: members[i].name.clone(),
-                data_dir: dir.path().join(&members[i].name),
-                peer_url: members[i].peer_url.clone(),
-                client_url: String::new(),
-                initial_cluster: members.clone(),
-                join_existing: false,
-                tuning: tuning.clone(),
-                net: net.clone(),
-            })
-            .await?;
-            let svc = store.peer_service();
-            let server = tokio::spawn(async move {
-                let _ = tonic::transport::Server::builder()
-                    .add_service(svc)
-                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l))
-                    .await;
-            });
-            nodes.push(Some(Node { store, net, server }));
+            let data_dir = dir.path().join(&members[i].name);
+            let node =
+                Node::open(&members[i], &members, false, tuning.clone(), data_dir, l).await?;
+            nodes.push(Some(node));
         }
         Ok(Self { dir, members, nodes })
     }
@@ -86,26 +103,9 @@ impl Cluster {
             client_url: String::new(),
         };
         self.members.push(member.clone());
-        let net = NetControl::default();
-        let store = Store::open(StoreConfig {
-            name: member.name.clone(),
-            data_dir: self.dir.path().join(&member.name),
-            peer_url: member.peer_url.clone(),
-            client_url: String::new(),
-            initial_cluster: self.members.clone(),
-            join_existing: true,
-            tuning,
-            net: net.clone(),
-        })
-        .await?;
-        let svc = store.peer_service();
-        let server = tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l))
-                .await;
-        });
-        self.nodes.push(Some(Node { store, net, server }));
+        let data_dir = self.dir.path().join(&member.name);
+        let node = Node::open(&member, &self.members, true, tuning, data_dir, l).await?;
+        self.nodes.push(Some(node));
         Ok(self.nodes.len() - 1)
     }
 
