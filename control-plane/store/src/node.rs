@@ -455,13 +455,22 @@ impl Inner {
         m.membership().get_node(&id).map(|n| n.peer_url.clone())
     }
 
-    /// The current leader, waiting up to an election's worth of time for one.
+    /// The current leader, waiting up to an election's worth of time for one. A leader other
+    /// than this replica counts only once its peer URL is known here: a member that has just
+    /// joined learns the leader from its first `AppendEntries` before it has applied the
+    /// membership naming the leader's address, and forwarding must not fail in that gap.
     async fn wait_leader(&self) -> Result<u64, KvError> {
         let mut rx = self.raft.metrics();
         let wait = Duration::from_millis(self.config.tuning.election_max_ms * 2);
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            if let Some(l) = rx.borrow_and_update().current_leader {
+            let known = {
+                let m = rx.borrow_and_update();
+                m.current_leader.filter(|l| {
+                    *l == self.id || m.membership_config.membership().get_node(l).is_some()
+                })
+            };
+            if let Some(l) = known {
                 return Ok(l);
             }
             match tokio::time::timeout_at(deadline, rx.changed()).await {
