@@ -249,19 +249,20 @@ impl Mvcc {
 
     /// A consistent copy of all MVCC data.
     pub fn dump(&self) -> Result<MvccDump, StoreError> {
-        let st = self.read();
+        // Writers commit their RocksDB batch while holding the write lock, so a RocksDB snapshot
+        // taken under the read lock matches the state copied with it. The lock is released
+        // before the (long) scan: applies continue while a large store is dumped.
+        let (snapshot, revision, compact_revision, applied) = {
+            let st = self.read();
+            (self.db.snapshot(), st.rev, st.compact, st.applied.clone())
+        };
         let mut records = Vec::new();
-        for item in self.db.iterator_cf(cf(&self.db, CF_KV), IteratorMode::Start) {
+        for item in snapshot.iterator_cf(cf(&self.db, CF_KV), IteratorMode::Start) {
             let (k, v) = item?;
             let rev = Rev::from_bytes(&k).ok_or_else(|| StoreError::Corrupt("kv key".into()))?;
             records.push((rev, decode_record(&v)?));
         }
-        Ok(MvccDump {
-            revision: st.rev,
-            compact_revision: st.compact,
-            records,
-            applied: st.applied.clone(),
-        })
+        Ok(MvccDump { revision, compact_revision, records, applied })
     }
 
     /// Replaces all MVCC data with `dump`; `extra` adds writes to the same atomic batch.

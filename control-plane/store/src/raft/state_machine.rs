@@ -6,7 +6,7 @@
 #![expect(clippy::result_large_err, reason = "openraft's StorageError is what the traits return")]
 
 use std::io::Cursor;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -70,27 +70,55 @@ impl StateMachine {
         let state = AppliedState::decode(&mvcc.applied())?;
         Ok(Self { mvcc, hub, metrics, dir, state, built: 0 })
     }
+}
 
-    fn snapshot_path(&self) -> PathBuf {
-        self.dir.join(SNAPSHOT_FILE)
-    }
+fn snapshot_path(dir: &Path) -> PathBuf {
+    dir.join(SNAPSHOT_FILE)
+}
 
-    fn save_snapshot_file(&self, meta: &Meta, data: &[u8]) -> Result<(), StorageError> {
-        let bytes = encode(&SnapshotFile { meta: meta.clone(), data: data.to_vec() });
-        let path = self.snapshot_path();
-        let tmp = path.with_extension("tmp");
-        let err = |e: std::io::Error| -> StorageError {
-            StorageIOError::write_snapshot(Some(meta.signature()), &e).into()
-        };
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp).map_err(err)?;
-            f.write_all(&bytes).map_err(err)?;
-            f.sync_all().map_err(err)?;
-        }
-        std::fs::rename(&tmp, &path).map_err(err)?;
-        Ok(())
+/// Writes the snapshot file (atomically: temp file, sync, rename) and hands `data` back.
+fn save_snapshot_file(dir: &Path, meta: &Meta, data: Vec<u8>) -> Result<Vec<u8>, StorageError> {
+    let file = SnapshotFile { meta: meta.clone(), data };
+    let bytes = encode(&file);
+    let path = snapshot_path(dir);
+    let tmp = path.with_extension("tmp");
+    let err = |e: std::io::Error| -> StorageError {
+        StorageIOError::write_snapshot(Some(meta.signature()), &e).into()
+    };
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp).map_err(err)?;
+        f.write_all(&bytes).map_err(err)?;
+        f.sync_all().map_err(err)?;
     }
+    std::fs::rename(&tmp, &path).map_err(err)?;
+    Ok(file.data)
+}
+
+/// Dumps the MVCC data and writes the snapshot file: blocking work, run off the async workers.
+/// The dump reads a RocksDB snapshot, so applies go on meanwhile.
+fn build_snapshot_blocking(
+    mvcc: &Mvcc,
+    dir: &Path,
+    built: u64,
+) -> Result<Snapshot<TypeConfig>, StorageError> {
+    let dump = mvcc.dump().map_err(sm_err)?;
+    // openraft purges the log up to this snapshot: make the state it reflects durable.
+    mvcc.db().flush_wal(true).map_err(sm_err)?;
+    let applied = AppliedState::decode(&dump.applied)?;
+    let snapshot_id = format!(
+        "{}-{}-{built}",
+        applied.last_applied.as_ref().map_or(0, |l| l.leader_id.term),
+        applied.last_applied.as_ref().map_or(0, |l| l.index),
+    );
+    let meta = Meta {
+        last_log_id: applied.last_applied,
+        last_membership: applied.membership,
+        snapshot_id,
+    };
+    let data = save_snapshot_file(dir, &meta, encode(&dump))?;
+    tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), revision = dump.revision, "built snapshot");
+    Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
 }
 
 fn sm_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -99,26 +127,11 @@ fn sm_err(e: impl std::error::Error + 'static) -> StorageError {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let dump = self.mvcc.dump().map_err(sm_err)?;
-        // openraft purges the log up to this snapshot: make the state it reflects durable.
-        self.mvcc.db().flush_wal(true).map_err(sm_err)?;
-        let applied = AppliedState::decode(&dump.applied)?;
         self.built += 1;
-        let snapshot_id = format!(
-            "{}-{}-{}",
-            applied.last_applied.as_ref().map_or(0, |l| l.leader_id.term),
-            applied.last_applied.as_ref().map_or(0, |l| l.index),
-            self.built
-        );
-        let meta = Meta {
-            last_log_id: applied.last_applied,
-            last_membership: applied.membership,
-            snapshot_id,
-        };
-        let data = encode(&dump);
-        self.save_snapshot_file(&meta, &data)?;
-        tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), revision = dump.revision, "built snapshot");
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        let (mvcc, dir, built) = (self.mvcc.clone(), self.dir.clone(), self.built);
+        tokio::task::spawn_blocking(move || build_snapshot_blocking(&mvcc, &dir, built))
+            .await
+            .map_err(|e| sm_err(std::io::Error::other(e.to_string())))?
     }
 }
 
@@ -198,7 +211,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         dump.applied = encode(&state);
         self.mvcc.restore(&dump).map_err(sm_err)?;
-        self.save_snapshot_file(meta, &data)?;
+        save_snapshot_file(&self.dir, meta, data)?;
         self.state = state;
         // Watchers re-read history: the data under them was replaced.
         self.hub.publish(dump.revision + 2, dump.revision, Vec::new(), EventDetail::None);
@@ -207,7 +220,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let bytes = match std::fs::read(self.snapshot_path()) {
+        let bytes = match std::fs::read(snapshot_path(&self.dir)) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(StorageIOError::read_snapshot(None, &e).into()),
