@@ -445,6 +445,7 @@ impl Store {
 fn peer_err(e: PeerError) -> KvError {
     match e {
         PeerError::Unreachable(..) => KvError::NoLeader,
+        PeerError::TimedOut(..) => KvError::Timeout,
         PeerError::Failed(_, m) => KvError::Storage(m),
     }
 }
@@ -510,11 +511,8 @@ impl Inner {
             .call(leader, &url, Method::Forward, &p, self.config.tuning.request_timeout)
             .await
             .inspect(|_| self.metrics.forward_seconds.observe(t.elapsed().as_secs_f64()))
-            .map_err(|e| match e {
-                // Sent but no answer: it may or may not have been applied.
-                PeerError::Unreachable(_, m) if m.starts_with("timed out") => KvError::Timeout,
-                other => peer_err(other),
-            })?;
+            // A timeout is `KvError::Timeout`: sent but unanswered, it may or may not apply.
+            .map_err(peer_err)?;
         Ok(r)
     }
 

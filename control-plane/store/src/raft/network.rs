@@ -50,6 +50,10 @@ impl NetControl {
 pub enum PeerError {
     #[error("peer {0} unreachable: {1}")]
     Unreachable(u64, String),
+    /// Sent, but no answer in time: the peer is reachable but slow (or the request is large),
+    /// and the request may still take effect there.
+    #[error("peer {0}: no answer after {1:?}")]
+    TimedOut(u64, Duration),
     #[error("peer {0}: {1}")]
     Failed(u64, String),
 }
@@ -114,9 +118,7 @@ impl Peers {
             }
         };
         let resp = match tokio::time::timeout(timeout, fut).await {
-            Err(_) => {
-                return Err(PeerError::Unreachable(id, format!("timed out after {timeout:?}")));
-            }
+            Err(_) => return Err(PeerError::TimedOut(id, timeout)),
             Ok(Err(s)) if s.code() == tonic::Code::Unavailable => {
                 return Err(PeerError::Unreachable(id, s.message().to_string()));
             }
@@ -177,7 +179,12 @@ impl PeerClient {
             self.peers.call(self.target, &self.url, method, req, option.hard_ttl()).await.map_err(
                 |e| match e {
                     PeerError::Unreachable(..) => RPCError::Unreachable(Unreachable::new(&e)),
-                    PeerError::Failed(..) => RPCError::Network(NetworkError::new(&e)),
+                    // Not `Unreachable`: openraft backs off from an unreachable peer (100 ms
+                    // here) before sending it anything, which turned one slow append under load
+                    // into a replication stall and second-long client latencies.
+                    PeerError::TimedOut(..) | PeerError::Failed(..) => {
+                        RPCError::Network(NetworkError::new(&e))
+                    }
                 },
             )?;
         r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
