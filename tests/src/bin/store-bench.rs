@@ -182,6 +182,8 @@ struct PhaseResult {
     ops: u64,
     /// CPU seconds the members used during the phase.
     cpu_seconds: f64,
+    /// CPU seconds this client process used during the phase.
+    client_cpu_seconds: f64,
     errors: u64,
     seconds: f64,
     p50_ms: f64,
@@ -196,10 +198,15 @@ impl PhaseResult {
     fn cpu_ms_per_op(&self) -> f64 {
         self.cpu_seconds * 1000.0 / (self.ops.max(1) as f64)
     }
+    /// The client's CPU milliseconds per completed op.
+    fn client_cpu_ms_per_op(&self) -> f64 {
+        self.client_cpu_seconds * 1000.0 / (self.ops.max(1) as f64)
+    }
     fn json(&self) -> serde_json::Value {
         json!({"ops": self.ops, "errors": self.errors, "seconds": self.seconds, "per_second": self.rate(),
                "p50_ms": self.p50_ms, "p99_ms": self.p99_ms, "cpu_seconds": self.cpu_seconds,
-               "cpu_ms_per_op": self.cpu_ms_per_op()})
+               "cpu_ms_per_op": self.cpu_ms_per_op(), "client_cpu_seconds": self.client_cpu_seconds,
+               "client_cpu_ms_per_op": self.client_cpu_ms_per_op()})
     }
 }
 
@@ -228,6 +235,7 @@ where
     let stop = Arc::new(AtomicBool::new(false));
     let issued = Arc::new(AtomicU64::new(0));
     let cpu_before = cpu_total(pids);
+    let client_cpu_before = cpu_seconds(std::process::id());
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
@@ -266,11 +274,13 @@ where
     }
     stop.store(true, Ordering::Relaxed);
     let seconds = start.elapsed().as_secs_f64();
+    let client_cpu_seconds = cpu_seconds(std::process::id()) - client_cpu_before;
     let cpu_seconds = cpu_total(pids) - cpu_before;
     all.sort_unstable();
     PhaseResult {
         ops: all.len() as u64,
         cpu_seconds,
+        client_cpu_seconds,
         errors,
         seconds,
         p50_ms: percentile(&all, 0.5),
@@ -400,12 +410,13 @@ async fn run_system(
         let r = drive(&chans, pids, clients, scale.phase, None, put_op).await;
         eprintln!(
             "[{name}] puts, {clients} clients: {:.0}/s p50 {:.2} ms p99 {:.2} ms ({} errors), \
-             members' CPU {:.3} ms/put",
+             CPU ms/put: members {:.3}, client {:.3}",
             r.rate(),
             r.p50_ms,
             r.p99_ms,
             r.errors,
-            r.cpu_ms_per_op()
+            r.cpu_ms_per_op(),
+            r.client_cpu_ms_per_op()
         );
         writes.insert(clients.to_string(), r.json());
     }
@@ -485,6 +496,7 @@ before acknowledging. Puts write 256-byte values to random keys among {KEY_SPACE
             f(s, &["p99_ms"])
         );
     }
+    cpu_section(&mut md, etcd, skiff, meta);
     let er = f(etcd, &["linearizable_reads_64", "per_second"]);
     let sr = f(skiff, &["linearizable_reads_64", "per_second"]);
     let _ = writeln!(
@@ -538,6 +550,42 @@ before acknowledging. Puts write 256-byte values to random keys among {KEY_SPACE
     );
     let _ = writeln!(md, "\nRaw figures: `store.json` beside this file.");
     md
+}
+
+/// Where the CPU went per put. The client shares the cores with the cluster it drives, so
+/// `cores / (members + client CPU per put)` is the rate at which a run becomes CPU-bound.
+fn cpu_section(
+    md: &mut String,
+    etcd: &serde_json::Value,
+    skiff: &serde_json::Value,
+    meta: &serde_json::Value,
+) {
+    let cores = f(meta, &["cpus"]).max(1.0);
+    let _ = writeln!(
+        md,
+        "\n## CPU per put\n\nCPU milliseconds (user + system, from `/proc/PID/stat`) per completed put: the three \
+members together and the benchmark client. The CPU-bound rate is {cores:.0} cores divided by their sum: the \
+most puts/s that run could reach with the machine's cores all busy.\n\n\
+| clients | etcd members | etcd client | etcd CPU-bound puts/s | Skiff members | Skiff client | Skiff CPU-bound puts/s |\n\
+|---|---|---|---|---|---|---|"
+    );
+    let bound = |v: &serde_json::Value| {
+        cores * 1000.0 / (f(v, &["cpu_ms_per_op"]) + f(v, &["client_cpu_ms_per_op"])).max(1e-9)
+    };
+    for c in ["1", "16", "64", "256"] {
+        let e = &etcd["writes"][c];
+        let s = &skiff["writes"][c];
+        let _ = writeln!(
+            md,
+            "| {c} | {:.3} | {:.3} | {:.0} | {:.3} | {:.3} | {:.0} |",
+            f(e, &["cpu_ms_per_op"]),
+            f(e, &["client_cpu_ms_per_op"]),
+            bound(e),
+            f(s, &["cpu_ms_per_op"]),
+            f(s, &["client_cpu_ms_per_op"]),
+            bound(s)
+        );
+    }
 }
 
 const USAGE: &str = "usage: store-bench [--small] [--out DIR] [--note TEXT] [--phase-secs N] \
