@@ -7,7 +7,7 @@
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -58,6 +58,8 @@ pub struct StateMachine {
     dir: PathBuf,
     state: AppliedState,
     built: u64,
+    /// The last log id of the snapshot file on disk, and the lock its writers take.
+    saved: Arc<Mutex<Option<LogId>>>,
 }
 
 impl StateMachine {
@@ -68,7 +70,7 @@ impl StateMachine {
         dir: PathBuf,
     ) -> Result<Self, StorageError> {
         let state = AppliedState::decode(&mvcc.applied())?;
-        Ok(Self { mvcc, hub, metrics, dir, state, built: 0 })
+        Ok(Self { mvcc, hub, metrics, dir, state, built: 0, saved: Arc::default() })
     }
 }
 
@@ -76,8 +78,20 @@ fn snapshot_path(dir: &Path) -> PathBuf {
     dir.join(SNAPSHOT_FILE)
 }
 
-/// Writes the snapshot file (atomically: temp file, sync, rename) and hands `data` back.
-fn save_snapshot_file(dir: &Path, meta: &Meta, data: Vec<u8>) -> Result<Vec<u8>, StorageError> {
+/// Writes the snapshot file (atomically: temp file, sync, rename) and hands `data` back. A build
+/// (on a blocking thread) and an install can finish at the same time: writers take turns, and
+/// one that would replace a newer snapshot leaves the file alone.
+fn save_snapshot_file(
+    dir: &Path,
+    saved: &Mutex<Option<LogId>>,
+    meta: &Meta,
+    data: Vec<u8>,
+) -> Result<Vec<u8>, StorageError> {
+    let mut saved = saved.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if saved.is_some() && meta.last_log_id < *saved {
+        tracing::info!(snapshot = %meta.snapshot_id, "a newer snapshot is on disk; not replacing it");
+        return Ok(data);
+    }
     let file = SnapshotFile { meta: meta.clone(), data };
     let bytes = encode(&file);
     let path = snapshot_path(dir);
@@ -92,6 +106,7 @@ fn save_snapshot_file(dir: &Path, meta: &Meta, data: Vec<u8>) -> Result<Vec<u8>,
         f.sync_all().map_err(err)?;
     }
     std::fs::rename(&tmp, &path).map_err(err)?;
+    *saved = meta.last_log_id;
     Ok(file.data)
 }
 
@@ -100,6 +115,7 @@ fn save_snapshot_file(dir: &Path, meta: &Meta, data: Vec<u8>) -> Result<Vec<u8>,
 fn build_snapshot_blocking(
     mvcc: &Mvcc,
     dir: &Path,
+    saved: &Mutex<Option<LogId>>,
     built: u64,
 ) -> Result<Snapshot<TypeConfig>, StorageError> {
     let dump = mvcc.dump().map_err(sm_err)?;
@@ -116,7 +132,7 @@ fn build_snapshot_blocking(
         last_membership: applied.membership,
         snapshot_id,
     };
-    let data = save_snapshot_file(dir, &meta, encode(&dump))?;
+    let data = save_snapshot_file(dir, saved, &meta, encode(&dump))?;
     tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), revision = dump.revision, "built snapshot");
     Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
 }
@@ -128,8 +144,9 @@ fn sm_err(e: impl std::error::Error + 'static) -> StorageError {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         self.built += 1;
-        let (mvcc, dir, built) = (self.mvcc.clone(), self.dir.clone(), self.built);
-        tokio::task::spawn_blocking(move || build_snapshot_blocking(&mvcc, &dir, built))
+        let (mvcc, dir, saved) = (self.mvcc.clone(), self.dir.clone(), self.saved.clone());
+        let built = self.built;
+        tokio::task::spawn_blocking(move || build_snapshot_blocking(&mvcc, &dir, &saved, built))
             .await
             .map_err(|e| sm_err(std::io::Error::other(e.to_string())))?
     }
@@ -189,6 +206,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             dir: self.dir.clone(),
             state: self.state.clone(),
             built: self.built + 1,
+            saved: self.saved.clone(),
         }
     }
 
@@ -211,7 +229,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         dump.applied = encode(&state);
         self.mvcc.restore(&dump).map_err(sm_err)?;
-        save_snapshot_file(&self.dir, meta, data)?;
+        save_snapshot_file(&self.dir, &self.saved, meta, data)?;
         self.state = state;
         // Watchers re-read history: the data under them was replaced.
         self.hub.publish(dump.revision + 2, dump.revision, Vec::new(), EventDetail::None);
@@ -228,5 +246,36 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let f: SnapshotFile = bincode::deserialize(&bytes)
             .map_err(|e| StorageError::from(StorageIOError::read_snapshot(None, &e)))?;
         Ok(Some(Snapshot { meta: f.meta, snapshot: Box::new(Cursor::new(f.data)) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(index: u64) -> Meta {
+        Meta {
+            last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(1, 1), index)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: format!("1-{index}"),
+        }
+    }
+
+    fn on_disk(dir: &Path) -> SnapshotFile {
+        bincode::deserialize(&std::fs::read(snapshot_path(dir)).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn an_older_snapshot_never_replaces_a_newer_one() {
+        let dir = tempfile::Builder::new().prefix("skiff-test-snap").tempdir().unwrap();
+        let saved = Mutex::default();
+        save_snapshot_file(dir.path(), &saved, &meta(20), b"new".to_vec()).unwrap();
+        // A build that started before an install and finished after it.
+        let back = save_snapshot_file(dir.path(), &saved, &meta(10), b"old".to_vec()).unwrap();
+        assert_eq!(back, b"old");
+        let f = on_disk(dir.path());
+        assert_eq!((f.meta.snapshot_id.as_str(), f.data.as_slice()), ("1-20", &b"new"[..]));
+        save_snapshot_file(dir.path(), &saved, &meta(30), b"newer".to_vec()).unwrap();
+        assert_eq!(on_disk(dir.path()).data, b"newer");
     }
 }
