@@ -6,7 +6,8 @@
 #![expect(clippy::result_large_err, reason = "openraft's StorageError is what the traits return")]
 
 use std::io::Cursor;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -55,11 +56,9 @@ pub struct StateMachine {
     mvcc: Arc<Mvcc>,
     hub: WatchHub,
     metrics: Metrics,
-    dir: PathBuf,
     state: AppliedState,
-    built: u64,
-    /// The last log id of the snapshot file on disk, and the lock its writers take.
-    saved: Arc<Mutex<Option<LogId>>>,
+    /// Shared with the snapshot builders openraft asks for.
+    files: Arc<SnapshotFiles>,
 }
 
 impl StateMachine {
@@ -70,58 +69,65 @@ impl StateMachine {
         dir: PathBuf,
     ) -> Result<Self, StorageError> {
         let state = AppliedState::decode(&mvcc.applied())?;
-        Ok(Self { mvcc, hub, metrics, dir, state, built: 0, saved: Arc::default() })
+        let files =
+            Arc::new(SnapshotFiles { dir, saved: Mutex::new(None), built: AtomicU64::new(0) });
+        Ok(Self { mvcc, hub, metrics, state, files })
     }
 }
 
-fn snapshot_path(dir: &Path) -> PathBuf {
-    dir.join(SNAPSHOT_FILE)
+/// The snapshot file of a replica and what its writers share.
+struct SnapshotFiles {
+    dir: PathBuf,
+    /// The last log id of the snapshot file on disk; also the lock its writers take.
+    saved: Mutex<Option<LogId>>,
+    /// Snapshots built by this process, numbering their ids.
+    built: AtomicU64,
 }
 
-/// Writes the snapshot file (atomically: temp file, sync, rename) and hands `data` back. A build
-/// (on a blocking thread) and an install can finish at the same time: writers take turns, and
-/// one that would replace a newer snapshot leaves the file alone.
-fn save_snapshot_file(
-    dir: &Path,
-    saved: &Mutex<Option<LogId>>,
-    meta: &Meta,
-    data: Vec<u8>,
-) -> Result<Vec<u8>, StorageError> {
-    let mut saved = saved.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if saved.is_some() && meta.last_log_id < *saved {
-        tracing::info!(snapshot = %meta.snapshot_id, "a newer snapshot is on disk; not replacing it");
-        return Ok(data);
+impl SnapshotFiles {
+    fn path(&self) -> PathBuf {
+        self.dir.join(SNAPSHOT_FILE)
     }
-    let file = SnapshotFile { meta: meta.clone(), data };
-    let bytes = encode(&file);
-    let path = snapshot_path(dir);
-    let tmp = path.with_extension("tmp");
-    let err = |e: std::io::Error| -> StorageError {
-        StorageIOError::write_snapshot(Some(meta.signature()), &e).into()
-    };
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp).map_err(err)?;
-        f.write_all(&bytes).map_err(err)?;
-        f.sync_all().map_err(err)?;
+
+    /// Writes the snapshot file (atomically: temp file, sync, rename) and hands `data` back. A
+    /// build (on a blocking thread) and an install can finish at the same time: writers take
+    /// turns, and one that would replace a newer snapshot leaves the file alone.
+    fn save(&self, meta: &Meta, data: Vec<u8>) -> Result<Vec<u8>, StorageError> {
+        let mut saved = self.saved.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if saved.is_some() && meta.last_log_id < *saved {
+            tracing::info!(snapshot = %meta.snapshot_id, "a newer snapshot is on disk; not replacing it");
+            return Ok(data);
+        }
+        let file = SnapshotFile { meta: meta.clone(), data };
+        let bytes = encode(&file);
+        let path = self.path();
+        let tmp = path.with_extension("tmp");
+        let err = |e: std::io::Error| -> StorageError {
+            StorageIOError::write_snapshot(Some(meta.signature()), &e).into()
+        };
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp).map_err(err)?;
+            f.write_all(&bytes).map_err(err)?;
+            f.sync_all().map_err(err)?;
+        }
+        std::fs::rename(&tmp, &path).map_err(err)?;
+        *saved = meta.last_log_id;
+        Ok(file.data)
     }
-    std::fs::rename(&tmp, &path).map_err(err)?;
-    *saved = meta.last_log_id;
-    Ok(file.data)
 }
 
 /// Dumps the MVCC data and writes the snapshot file: blocking work, run off the async workers.
 /// The dump reads a RocksDB snapshot, so applies go on meanwhile.
 fn build_snapshot_blocking(
     mvcc: &Mvcc,
-    dir: &Path,
-    saved: &Mutex<Option<LogId>>,
-    built: u64,
+    files: &SnapshotFiles,
 ) -> Result<Snapshot<TypeConfig>, StorageError> {
     let dump = mvcc.dump().map_err(sm_err)?;
     // openraft purges the log up to this snapshot: make the state it reflects durable.
     mvcc.db().flush_wal(true).map_err(sm_err)?;
     let applied = AppliedState::decode(&dump.applied)?;
+    let built = files.built.fetch_add(1, Ordering::Relaxed) + 1;
     let snapshot_id = format!(
         "{}-{}-{built}",
         applied.last_applied.as_ref().map_or(0, |l| l.leader_id.term),
@@ -132,7 +138,7 @@ fn build_snapshot_blocking(
         last_membership: applied.membership,
         snapshot_id,
     };
-    let data = save_snapshot_file(dir, saved, &meta, encode(&dump))?;
+    let data = files.save(&meta, encode(&dump))?;
     tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), revision = dump.revision, "built snapshot");
     Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
 }
@@ -143,10 +149,8 @@ fn sm_err(e: impl std::error::Error + 'static) -> StorageError {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        self.built += 1;
-        let (mvcc, dir, saved) = (self.mvcc.clone(), self.dir.clone(), self.saved.clone());
-        let built = self.built;
-        tokio::task::spawn_blocking(move || build_snapshot_blocking(&mvcc, &dir, &saved, built))
+        let (mvcc, files) = (self.mvcc.clone(), self.files.clone());
+        tokio::task::spawn_blocking(move || build_snapshot_blocking(&mvcc, &files))
             .await
             .map_err(|e| sm_err(std::io::Error::other(e.to_string())))?
     }
@@ -203,10 +207,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             mvcc: self.mvcc.clone(),
             hub: self.hub.clone(),
             metrics: self.metrics.clone(),
-            dir: self.dir.clone(),
             state: self.state.clone(),
-            built: self.built + 1,
-            saved: self.saved.clone(),
+            files: self.files.clone(),
         }
     }
 
@@ -229,7 +231,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         dump.applied = encode(&state);
         self.mvcc.restore(&dump).map_err(sm_err)?;
-        save_snapshot_file(&self.dir, &self.saved, meta, data)?;
+        self.files.save(meta, data)?;
         self.state = state;
         // Watchers re-read history: the data under them was replaced.
         self.hub.publish(dump.revision + 2, dump.revision, Vec::new(), EventDetail::None);
@@ -238,7 +240,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let bytes = match std::fs::read(snapshot_path(&self.dir)) {
+        let bytes = match std::fs::read(self.files.path()) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(StorageIOError::read_snapshot(None, &e).into()),
@@ -261,21 +263,25 @@ mod tests {
         }
     }
 
-    fn on_disk(dir: &Path) -> SnapshotFile {
-        bincode::deserialize(&std::fs::read(snapshot_path(dir)).unwrap()).unwrap()
+    fn on_disk(files: &SnapshotFiles) -> SnapshotFile {
+        bincode::deserialize(&std::fs::read(files.path()).unwrap()).unwrap()
     }
 
     #[test]
     fn an_older_snapshot_never_replaces_a_newer_one() {
         let dir = tempfile::Builder::new().prefix("skiff-test-snap").tempdir().unwrap();
-        let saved = Mutex::default();
-        save_snapshot_file(dir.path(), &saved, &meta(20), b"new".to_vec()).unwrap();
+        let files = SnapshotFiles {
+            dir: dir.path().to_path_buf(),
+            saved: Mutex::default(),
+            built: AtomicU64::default(),
+        };
+        files.save(&meta(20), b"new".to_vec()).unwrap();
         // A build that started before an install and finished after it.
-        let back = save_snapshot_file(dir.path(), &saved, &meta(10), b"old".to_vec()).unwrap();
+        let back = files.save(&meta(10), b"old".to_vec()).unwrap();
         assert_eq!(back, b"old");
-        let f = on_disk(dir.path());
+        let f = on_disk(&files);
         assert_eq!((f.meta.snapshot_id.as_str(), f.data.as_slice()), ("1-20", &b"new"[..]));
-        save_snapshot_file(dir.path(), &saved, &meta(30), b"newer".to_vec()).unwrap();
-        assert_eq!(on_disk(dir.path()).data, b"newer");
+        files.save(&meta(30), b"newer".to_vec()).unwrap();
+        assert_eq!(on_disk(&files).data, b"newer");
     }
 }
