@@ -2,7 +2,7 @@
 //! crate with `protoc` (Debian's protobuf-compiler, installed by `cargo xtask setup`).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["etcd/mvccpb/kv.proto", "etcd/etcdserverpb/rpc.proto", "skiff/raft.proto"];
+    let protos = ["etcd/mvccpb/kv.proto", "etcd/etcdserverpb/rpc.proto"];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -3,8 +3,8 @@
 //! - [`etcdserverpb`] and [`mvccpb`]: the etcd v3 API subset Skiff's store serves (KV, Watch,
 //!   Cluster, Maintenance), with etcd's package, service, message names and field numbers so
 //!   the real `etcdctl` works against it. The API server is a client of the same services.
-//! - [`raft`]: the transport between store replicas (`skiff/raft.proto`, package `skiff.raft`),
-//!   opaque bincode payloads of openraft messages plus forwarded writes and read-index calls.
+//!
+//! The replica-to-replica transport is not gRPC: see `skiff_store::raft::wire`.
 
 #![allow(clippy::pedantic, clippy::doc_markdown, unused_qualifications, reason = "generated code")]
 
@@ -17,11 +17,6 @@ pub mod mvccpb {
 /// Maintenance services.
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
-}
-
-/// Raft transport between store replicas (`skiff.raft`).
-pub mod raft {
-    tonic::include_proto!("skiff.raft");
 }
 
 #[cfg(test)]

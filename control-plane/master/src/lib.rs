@@ -96,11 +96,10 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
 
     let stop = Arc::new(Notify::new());
     let stopped = |n: Arc<Notify>| async move { n.notified().await };
-    let peer_server = tonic::transport::Server::builder()
-        .initial_stream_window_size(Some(8 << 20))
-        .initial_connection_window_size(Some(16 << 20))
-        .add_service(store.peer_service())
-        .serve_with_incoming_shutdown(incoming(peer_listener), stopped(stop.clone()));
+    let peer_task = tokio::spawn({
+        let (store, stop) = (store.clone(), stop.clone());
+        async move { store.serve_peers(peer_listener, stopped(stop)).await }
+    });
     let etcd = EtcdService::new(store.clone());
     let client_server = tonic::transport::Server::builder()
         .add_service(etcd.kv_server())
@@ -108,7 +107,6 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
         .add_service(etcd.cluster_server())
         .add_service(etcd.maintenance_server())
         .serve_with_incoming_shutdown(incoming(client_listener), stopped(stop.clone()));
-    let peer_task = tokio::spawn(peer_server);
     let client_task = tokio::spawn(client_server);
     let http_task =
         metrics_listener.map(|l| tokio::spawn(http::serve(l, store.clone(), stop.clone())));
@@ -126,12 +124,13 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
     stop.notify_waiters();
     store.shutdown().await;
     let grace = std::time::Duration::from_secs(5);
-    for (what, t) in [("peer", peer_task), ("client", client_task)] {
-        match tokio::time::timeout(grace, t).await {
-            Ok(Ok(Err(source))) => return Err(RunError::Serve { what, source }),
-            Ok(_) => {}
-            Err(_) => tracing::warn!(what, "server did not stop within the grace period"),
-        }
+    if tokio::time::timeout(grace, peer_task).await.is_err() {
+        tracing::warn!(what = "peer", "server did not stop within the grace period");
+    }
+    match tokio::time::timeout(grace, client_task).await {
+        Ok(Ok(Err(source))) => return Err(RunError::Serve { what: "client", source }),
+        Ok(_) => {}
+        Err(_) => tracing::warn!(what = "client", "server did not stop within the grace period"),
     }
     if let Some(t) = http_task {
         t.abort();

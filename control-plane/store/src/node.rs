@@ -153,7 +153,7 @@ pub struct Store {
 
 impl Store {
     /// Opens the replica's RocksDB, starts raft and, for a new cluster, bootstraps it from the
-    /// first member of `initial_cluster`. The caller serves [`Store::peer_service`] on the peer
+    /// first member of `initial_cluster`. The caller serves [`Store::serve_peers`] on the peer
     /// URL.
     pub async fn open(config: StoreConfig) -> Result<Self, StoreError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|source| StoreError::Io {
@@ -276,11 +276,14 @@ impl Store {
         &self.inner.metrics
     }
 
-    /// The gRPC service peers call (serve it on the peer URL).
-    pub fn peer_service(
+    /// Serves peers (raft, forwarded requests, membership admin) on `listener`, bound to this
+    /// replica's peer URL, until `shutdown` resolves.
+    pub async fn serve_peers(
         &self,
-    ) -> skiff_proto::raft::raft_server::RaftServer<crate::service::PeerService> {
-        crate::service::PeerService::server(self.clone())
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        crate::service::serve(self.clone(), listener, shutdown).await;
     }
 
     /// Applies one write through raft (batched with concurrent writes; forwarded to the leader

@@ -197,3 +197,45 @@ async fn oversized_write_is_refused_without_a_state_change() -> anyhow::Result<(
     c.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn garbage_on_the_peer_port_gets_errors_and_changes_nothing() -> anyhow::Result<()> {
+    use skiff_store::raft::network::Method;
+    use skiff_store::raft::wire::{self, REPLY_ERR};
+    use tokio::io::AsyncWriteExt;
+
+    let mut c = Cluster::start(1, tuning()).await?;
+    c.leader(&[0]).await?;
+    put(c.node(0), "/k", "v").await?;
+    let before = c.node(0).mvcc().revision();
+    let addr = wire::peer_addr(&c.members[0].peer_url).map_err(anyhow::Error::msg)?.to_string();
+
+    // An undecodable request body gets an error reply on a connection that stays usable.
+    let mut s = tokio::net::TcpStream::connect(&addr).await?;
+    for id in [1, 2] {
+        s.write_all(&wire::encode_raw(id, Method::Forward.code(), b"\xff\xff")?).await?;
+        let reply = tokio::time::timeout(Duration::from_secs(10), wire::read_frame(&mut s))
+            .await??
+            .expect("a reply");
+        assert_eq!((reply.id, reply.kind), (id, REPLY_ERR));
+        let msg = String::from_utf8(reply.body)?;
+        assert!(msg.contains("undecodable peer request"), "{msg}");
+    }
+    // An unknown request kind or an impossible length closes the connection, nothing else.
+    let closed = |mut s: tokio::net::TcpStream| async move {
+        let read = tokio::time::timeout(Duration::from_secs(10), wire::read_frame(&mut s)).await;
+        matches!(read, Ok(Ok(None)))
+    };
+    s.write_all(&wire::encode_raw(3, 0xee, b"")?).await?;
+    assert!(closed(s).await, "closed after an unknown kind");
+    let mut s = tokio::net::TcpStream::connect(&addr).await?;
+    s.write_all(&u32::MAX.to_be_bytes()).await?;
+    assert!(closed(s).await, "closed after an oversized frame");
+
+    assert_eq!(c.node(0).mvcc().revision(), before);
+    assert_eq!(get(c.node(0), "/k", true).await?, Some(b"v".to_vec()));
+    put(c.node(0), "/k", "w").await?;
+    assert_eq!(c.node(0).mvcc().revision(), before + 1);
+    c.shutdown().await;
+    Ok(())
+}

@@ -1,9 +1,10 @@
 //! Raft glue: openraft 0.9 (storage-v2) type configuration, the log store and state machine
-//! on RocksDB, and the gRPC transport between replicas.
+//! on RocksDB, and the transport between replicas.
 
 pub mod log_store;
 pub mod network;
 pub mod state_machine;
+pub mod wire;
 
 use std::fmt;
 use std::io::Cursor;

@@ -1,9 +1,10 @@
-//! The raft transport, client side: openraft's `RaftNetwork` over the `skiff.raft.Raft` gRPC
-//! service, with bincode payloads. [`NetControl`] lets tests cut links (partitions) at the
+//! The raft transport, client side: openraft's `RaftNetwork` over our peer wire protocol
+//! ([`super::wire`]), with bincode payloads. [`NetControl`] lets tests cut links (partitions) at the
 //! sender, for raft messages and for forwarded client requests alike.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use openraft::error::{
@@ -16,14 +17,14 @@ use openraft::raft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use skiff_proto::raft::Payload;
-use skiff_proto::raft::raft_client::RaftClient;
-use tonic::transport::{Channel, Endpoint};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::{mpsc, oneshot};
 
-use super::{Member, TypeConfig, encode};
+use super::{Member, TypeConfig, wire};
 
-/// Largest raft message accepted or sent (entries are batches of writes up to 1.5 MiB each).
-pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
+/// How long connecting to a peer may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Links this replica refuses to use; empty outside tests.
 #[derive(Clone, Default, Debug)]
@@ -58,39 +59,107 @@ pub enum PeerError {
     Failed(u64, String),
 }
 
-/// gRPC channels to peers by URL, shared by raft and request forwarding.
+/// Connections to peers by URL, shared by raft and request forwarding.
 #[derive(Clone, Default)]
 pub struct Peers {
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    conns: Arc<Mutex<HashMap<String, Arc<Conn>>>>,
     pub control: NetControl,
+}
+
+/// One connection to a peer: a writer task sends queued request frames (several per write when
+/// they queue up), a reader task hands each reply to the caller waiting for its id. Callers never
+/// write to the socket themselves, so a caller that gives up cannot leave half a frame behind.
+struct Conn {
+    frames: mpsc::UnboundedSender<Vec<u8>>,
+    waiting: Mutex<Waiting>,
+    next_id: AtomicU64,
+}
+
+#[derive(Default)]
+struct Waiting {
+    replies: HashMap<u64, oneshot::Sender<Reply>>,
+    /// Set when the connection failed: no reply will come.
+    closed: bool,
+}
+
+type Reply = Result<Vec<u8>, PeerError>;
+
+impl Conn {
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Fails every call still waiting and every later one.
+    fn close(&self, peer: u64, why: &str) {
+        let mut w = self.waiting();
+        w.closed = true;
+        for (_, tx) in w.replies.drain() {
+            let _ = tx.send(Err(PeerError::Unreachable(peer, why.to_string())));
+        }
+    }
+
+    /// Runs until the connection fails or is dropped (then the writer's end closes the socket,
+    /// the peer closes its side, and this read ends).
+    async fn read_replies(conn: Weak<Self>, peer: u64, mut r: OwnedReadHalf) {
+        let why = loop {
+            match wire::read_frame(&mut r).await {
+                Ok(Some(f)) => {
+                    let Some(conn) = conn.upgrade() else { return };
+                    let tx = conn.waiting().replies.remove(&f.id);
+                    let reply = match f.kind {
+                        wire::REPLY_OK => Ok(f.body),
+                        _ => Err(PeerError::Failed(peer, String::from_utf8_lossy(&f.body).into())),
+                    };
+                    if let Some(tx) = tx {
+                        let _ = tx.send(reply);
+                    }
+                }
+                Ok(None) => break "connection closed by peer".to_string(),
+                Err(e) => break format!("connection failed: {e}"),
+            }
+        };
+        if let Some(conn) = conn.upgrade() {
+            conn.close(peer, &why);
+        }
+    }
 }
 
 impl Peers {
     pub fn new(control: NetControl) -> Self {
-        Self { channels: Arc::default(), control }
+        Self { conns: Arc::default(), control }
     }
 
-    pub fn client(&self, url: &str) -> Result<RaftClient<Channel>, String> {
-        let mut map = self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let ch = if let Some(c) = map.get(url) {
-            c.clone()
-        } else {
-            let c = Endpoint::from_shared(url.to_string())
-                .map_err(|e| format!("bad peer url {url}: {e}"))?
-                .tcp_nodelay(true)
-                // Entries are batches of writes: large windows keep big appends from stalling
-                // on HTTP/2 flow control.
-                .initial_stream_window_size(Some(8 << 20))
-                .initial_connection_window_size(Some(16 << 20))
-                .connect_timeout(Duration::from_secs(1))
-                .http2_keep_alive_interval(Duration::from_secs(10))
-                .connect_lazy();
-            map.insert(url.to_string(), c.clone());
-            c
+    /// The open connection to `url`, or a new one.
+    async fn conn(&self, id: u64, url: &str) -> Result<Arc<Conn>, PeerError> {
+        let lock = || self.conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = lock().get(url)
+            && !c.waiting().closed
+        {
+            return Ok(c.clone());
+        }
+        let addr = wire::peer_addr(url).map_err(|e| PeerError::Failed(id, e))?;
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(PeerError::Unreachable(id, format!("connect {addr}: {e}"))),
+            Err(_) => return Err(PeerError::Unreachable(id, format!("connect {addr}: timed out"))),
         };
-        Ok(RaftClient::new(ch)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+        stream.set_nodelay(true).map_err(|e| PeerError::Unreachable(id, e.to_string()))?;
+        let (r, w) = stream.into_split();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let conn =
+            Arc::new(Conn { frames: tx, waiting: Mutex::default(), next_id: AtomicU64::new(1) });
+        let weak = Arc::downgrade(&conn);
+        tokio::spawn(async move {
+            if let Err(e) = wire::write_queued(rx, w).await
+                && let Some(c) = weak.upgrade()
+            {
+                c.close(id, &format!("send: {e}"));
+            }
+        });
+        tokio::spawn(Conn::read_replies(Arc::downgrade(&conn), id, r));
+        // Two callers may have connected at once; both connections work, the last one stays.
+        lock().insert(url.to_string(), conn.clone());
+        Ok(conn)
     }
 
     /// Calls `method` on peer `id` at `url` with a bincode request; decodes the bincode reply.
@@ -105,32 +174,34 @@ impl Peers {
         if self.control.is_blocked(id) {
             return Err(PeerError::Unreachable(id, "link cut".into()));
         }
-        let mut c = self.client(url).map_err(|e| PeerError::Failed(id, e))?;
-        let p = tonic::Request::new(Payload { data: encode(req) });
-        let fut = async {
-            match method {
-                Method::AppendEntries => c.append_entries(p).await,
-                Method::Vote => c.vote(p).await,
-                Method::InstallSnapshot => c.install_snapshot(p).await,
-                Method::Forward => c.forward(p).await,
-                Method::ReadIndex => c.read_index(p).await,
-                Method::Admin => c.admin(p).await,
+        let conn = self.conn(id, url).await?;
+        let rid = conn.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = wire::encode_frame(rid, method.code(), req)
+            .map_err(|e| PeerError::Failed(id, e.to_string()))?;
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut w = conn.waiting();
+            if w.closed {
+                return Err(PeerError::Unreachable(id, "connection closed".into()));
+            }
+            w.replies.insert(rid, tx);
+        }
+        if conn.frames.send(frame).is_err() {
+            conn.close(id, "connection closed");
+        }
+        let body = match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(r)) => r?,
+            Ok(Err(_)) => return Err(PeerError::Unreachable(id, "connection closed".into())),
+            Err(_) => {
+                conn.waiting().replies.remove(&rid);
+                return Err(PeerError::TimedOut(id, timeout));
             }
         };
-        let resp = match tokio::time::timeout(timeout, fut).await {
-            Err(_) => return Err(PeerError::TimedOut(id, timeout)),
-            Ok(Err(s)) if s.code() == tonic::Code::Unavailable => {
-                return Err(PeerError::Unreachable(id, s.message().to_string()));
-            }
-            Ok(Err(s)) => return Err(PeerError::Failed(id, s.to_string())),
-            Ok(Ok(r)) => r.into_inner(),
-        };
-        bincode::deserialize(&resp.data)
-            .map_err(|e| PeerError::Failed(id, format!("decode reply: {e}")))
+        bincode::deserialize(&body).map_err(|e| PeerError::Failed(id, format!("decode reply: {e}")))
     }
 }
 
-/// RPCs of the `skiff.raft.Raft` service.
+/// Requests a replica serves to its peers.
 #[derive(Debug, Clone, Copy)]
 pub enum Method {
     AppendEntries,

@@ -41,12 +41,9 @@ impl Node {
             net: net.clone(),
         })
         .await?;
-        let svc = store.peer_service();
-        let server = tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-                .await;
+        let server = tokio::spawn({
+            let store = store.clone();
+            async move { store.serve_peers(listener, std::future::pending()).await }
         });
         Ok(Self { store, net, server })
     }
