@@ -1,8 +1,9 @@
 //! The in-memory key index: for every key, the revisions at which it changed. Pure data
 //! structure, no IO; values live in RocksDB under their revision.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
+use std::sync::Arc;
 
 use crate::types::KeyRange;
 
@@ -104,23 +105,31 @@ impl KeyHistory {
 }
 
 /// Every key's history, ordered by key.
+///
+/// Every write looks its key up (twice: for the previous version, then to record the change),
+/// so point lookups go through a hash map: a B-tree walk compared the key against a dozen or
+/// more heap-allocated keys, which was most of the apply path's CPU in profiles. The ordered set
+/// shares the key allocations and serves ranges; it changes only when a key appears or goes.
 #[derive(Debug, Default)]
 pub struct KeyIndex {
-    keys: BTreeMap<Vec<u8>, KeyHistory>,
+    histories: HashMap<Arc<[u8]>, KeyHistory>,
+    order: BTreeSet<Arc<[u8]>>,
 }
 
 impl KeyIndex {
     pub fn get(&self, key: &[u8]) -> Option<&KeyHistory> {
-        self.keys.get(key)
+        self.histories.get(key)
     }
 
     pub fn push(&mut self, key: &[u8], c: Change) {
-        if let Some(h) = self.keys.get_mut(key) {
+        if let Some(h) = self.histories.get_mut(key) {
             h.push(c);
         } else {
             let mut h = KeyHistory::default();
             h.push(c);
-            self.keys.insert(key.to_vec(), h);
+            let key: Arc<[u8]> = key.into();
+            self.order.insert(key.clone());
+            self.histories.insert(key, h);
         }
     }
 
@@ -128,9 +137,14 @@ impl KeyIndex {
     pub fn range<'a>(
         &'a self,
         range: &'a KeyRange,
-    ) -> Box<dyn Iterator<Item = (&'a Vec<u8>, &'a KeyHistory)> + 'a> {
+    ) -> Box<dyn Iterator<Item = (&'a [u8], &'a KeyHistory)> + 'a> {
         if range.is_single() {
-            return Box::new(self.keys.get_key_value(range.key.as_slice()).into_iter());
+            return Box::new(
+                self.histories
+                    .get_key_value(range.key.as_slice())
+                    .map(|(k, h)| (&**k, h))
+                    .into_iter(),
+            );
         }
         let start = Bound::Included(range.key.as_slice());
         let end = if range.range_end == [0] {
@@ -140,25 +154,33 @@ impl KeyIndex {
         } else {
             Bound::Excluded(range.range_end.as_slice())
         };
-        Box::new(self.keys.range::<[u8], _>((start, end)))
+        Box::new(
+            self.order
+                .range::<[u8], _>((start, end))
+                .filter_map(|k| self.histories.get(&**k).map(|h| (&**k, h))),
+        )
     }
 
     /// Compacts every key at `at`; returns the dropped revisions.
     pub fn compact(&mut self, at: i64) -> Vec<Rev> {
         let mut dropped = Vec::new();
-        self.keys.retain(|_, h| {
+        let order = &mut self.order;
+        self.histories.retain(|k, h| {
             dropped.extend(h.compact(at));
+            if h.is_empty() {
+                order.remove(&**k);
+            }
             !h.is_empty()
         });
         dropped
     }
 
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.histories.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.histories.is_empty()
     }
 }
 
@@ -215,13 +237,30 @@ mod tests {
             idx.push(k.as_bytes(), put(i64::try_from(i).unwrap() + 2, 2, 1));
         }
         let keys = |r: KeyRange| -> Vec<String> {
-            idx.range(&r).map(|(k, _)| String::from_utf8(k.clone()).unwrap()).collect()
+            idx.range(&r).map(|(k, _)| String::from_utf8(k.to_vec()).unwrap()).collect()
         };
         assert_eq!(keys(KeyRange::prefix("a")), ["a", "ab"]);
         assert_eq!(keys(KeyRange::single("b")), ["b"]);
         assert_eq!(keys(KeyRange { key: b"ab".to_vec(), range_end: vec![0] }), ["ab", "b", "c"]);
         assert_eq!(keys(KeyRange { key: vec![0], range_end: vec![0] }).len(), 4);
         assert!(keys(KeyRange { key: b"c".to_vec(), range_end: b"a".to_vec() }).is_empty());
+    }
+
+    #[test]
+    fn compaction_forgets_deleted_keys_in_lookups_and_ranges() {
+        let mut idx = KeyIndex::default();
+        idx.push(b"a", put(2, 2, 1));
+        idx.push(b"b", put(3, 3, 1));
+        idx.push(b"a", del(4));
+        assert_eq!(idx.compact(4).len(), 2);
+        assert_eq!((idx.len(), idx.order.len()), (1, 1));
+        assert!(idx.get(b"a").is_none());
+        let all = KeyRange { key: vec![0], range_end: vec![0] };
+        let keys = |idx: &KeyIndex| idx.range(&all).map(|(k, _)| k.to_vec()).collect::<Vec<_>>();
+        assert_eq!(keys(&idx), [b"b".to_vec()]);
+        idx.push(b"a", put(5, 5, 1));
+        assert_eq!(keys(&idx), [b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(idx.get(b"a").and_then(KeyHistory::last).map(|c| c.create), Some(5));
     }
 
     #[test]

@@ -350,7 +350,7 @@ fn range_in(
         }
         if req.keys_only {
             kvs.push(KeyValue {
-                key: key.clone(),
+                key: key.to_vec(),
                 create_revision: c.create,
                 mod_revision: c.rev.main,
                 version: c.version,
@@ -505,7 +505,7 @@ impl MvccWriter<'_> {
             .st
             .index
             .range(&d.range)
-            .filter_map(|(k, h)| h.last().filter(|c| !c.tombstone).map(|c| (k.clone(), c.rev)))
+            .filter_map(|(k, h)| h.last().filter(|c| !c.tombstone).map(|c| (k.to_vec(), c.rev)))
             .collect();
         let mut prev_kvs = Vec::new();
         for (key, prev_rev) in &live {
