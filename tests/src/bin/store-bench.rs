@@ -589,7 +589,7 @@ most puts/s that run could reach with the machine's cores all busy.\n\n\
 }
 
 const USAGE: &str = "usage: store-bench [--small] [--out DIR] [--note TEXT] [--phase-secs N] \
-[--clients 64,256] [--skiff-only]";
+[--clients 64,256] [--skiff-only] [--members N]";
 
 /// Command-line options; unknown arguments are an error, not ignored.
 struct Options {
@@ -599,6 +599,8 @@ struct Options {
     phase_secs: Option<u64>,
     clients: Option<Vec<usize>>,
     skiff_only: bool,
+    /// Skiff members (3 unless profiling: `--members 1` shows what replication costs).
+    members: usize,
 }
 
 impl Options {
@@ -611,12 +613,20 @@ impl Options {
             phase_secs: None,
             clients: None,
             skiff_only: false,
+            members: 3,
         };
         while let Some(a) = args.next() {
             let mut value = || args.next().with_context(|| format!("{a} needs a value; {USAGE}"));
             match a.as_str() {
                 "--small" => o.small = true,
                 "--skiff-only" => o.skiff_only = true,
+                "--members" => {
+                    o.members = value()?
+                        .parse()
+                        .ok()
+                        .filter(|n| [1, 3, 5].contains(n))
+                        .context("--members takes 1, 3 or 5")?;
+                }
                 "--out" => o.out = PathBuf::from(value()?),
                 "--note" => o.note = value()?,
                 "--phase-secs" => {
@@ -649,7 +659,9 @@ async fn main() -> Result<()> {
         println!("{USAGE}");
         return Ok(());
     };
-    let Options { out, small, note, phase_secs, clients, skiff_only } = opts;
+    let Options { out, small, note, phase_secs, clients, members, skiff_only } = opts;
+    // The anchor is a 3-member etcd, so any other size is a Skiff-only profiling run.
+    let skiff_only = skiff_only || members != 3;
     let mut scale = if small {
         Scale { fill_writes: 2_000, phase: Duration::from_secs(2), watch_events: 400 }
     } else {
@@ -677,8 +689,8 @@ async fn main() -> Result<()> {
         run_system("etcd", &etcd.clients, &pids, &dirs, &scale, &client_counts).await?
     };
 
-    eprintln!("starting Skiff (3 members)");
-    let masters = Masters::start(&format!("{tag}-bench"), 3)?;
+    eprintln!("starting Skiff ({members} members)");
+    let masters = Masters::start(&format!("{tag}-bench"), members)?;
     let endpoints: Vec<String> =
         masters.specs.iter().map(skiff_e2e::masters::MemberSpec::client_url).collect();
     let pids = masters.pids();
