@@ -166,6 +166,11 @@ async fn main_inner(cli: Cli) -> Result<()> {
     Ok(())
 }
 
+/// mimalloc instead of glibc malloc: ~6% less member CPU per put at 64 clients, ~11% at 256
+/// (docs/store.md, "Allocator").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
