@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use nix::mount::{MntFlags, umount2};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -54,7 +54,8 @@ impl Containerd {
         let socket = me.config.socket.clone();
         wait::until("containerd to listen", Duration::from_secs(30), || {
             if let Some(status) = me.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                bail!("containerd exited ({status}); log:\n{}", me.log_tail());
+                let why = format!("containerd exited ({status}); log:\n{}", me.log_tail());
+                return Err(wait::GiveUp(why).into());
             }
             Ok(UnixStream::connect(&socket).is_ok())
         })?;

@@ -218,7 +218,8 @@ impl Masters {
         wait::until("every member healthy", Duration::from_mins(1), || {
             for (i, c) in self.children.iter_mut().enumerate() {
                 if let Some(st) = c.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                    bail!("member m{i} exited ({st}); log:\n{}", self.log_tail(i));
+                    let why = format!("member m{i} exited ({st}); log:\n{}", self.log_tail(i));
+                    return Err(wait::GiveUp(why).into());
                 }
             }
             Ok(ports.iter().all(|p| http_get(*p, "/health").is_ok_and(|(code, _)| code == 200)))
