@@ -37,13 +37,15 @@ pub async fn serve(store: Store, listener: TcpListener, shutdown: impl Future<Ou
 /// Reads requests and runs each in its own task (a forwarded write waits for its commit while
 /// appends keep flowing); replies go out through one writer task in completion order.
 async fn serve_conn(store: Store, stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    if let Err(e) = wire::configure(&stream) {
+        tracing::warn!(%peer, error = %e, "setting peer socket options");
+    }
     let (mut r, w) = stream.into_split();
     let (tx, rx) = mpsc::unbounded_channel();
     let mut handlers = JoinSet::new();
     handlers.spawn(async move {
-        let _ = wire::write_queued(rx, w).await;
+        let _ = wire::write_queued(rx, w, |_| {}).await;
     });
     loop {
         let frame = match wire::read_frame(&mut r).await {

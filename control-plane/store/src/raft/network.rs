@@ -3,7 +3,7 @@
 //! sender, for raft messages and for forwarded client requests alike.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
@@ -25,6 +25,8 @@ use super::{Member, TypeConfig, wire};
 
 /// How long connecting to a peer may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Most bytes of requests queued on one peer connection (one larger request still goes alone).
+pub const MAX_QUEUED_BYTES: usize = 64 << 20;
 
 /// Links this replica refuses to use; empty outside tests.
 #[derive(Clone, Default, Debug)]
@@ -71,6 +73,8 @@ pub struct Peers {
 /// write to the socket themselves, so a caller that gives up cannot leave half a frame behind.
 struct Conn {
     frames: mpsc::UnboundedSender<Vec<u8>>,
+    /// Bytes queued for the writer and not yet handed to the socket.
+    queued: AtomicUsize,
     waiting: Mutex<Waiting>,
     next_id: AtomicU64,
 }
@@ -143,14 +147,23 @@ impl Peers {
             Ok(Err(e)) => return Err(PeerError::Unreachable(id, format!("connect {addr}: {e}"))),
             Err(_) => return Err(PeerError::Unreachable(id, format!("connect {addr}: timed out"))),
         };
-        stream.set_nodelay(true).map_err(|e| PeerError::Unreachable(id, e.to_string()))?;
+        wire::configure(&stream).map_err(|e| PeerError::Unreachable(id, e.to_string()))?;
         let (r, w) = stream.into_split();
         let (tx, rx) = mpsc::unbounded_channel();
-        let conn =
-            Arc::new(Conn { frames: tx, waiting: Mutex::default(), next_id: AtomicU64::new(1) });
+        let conn = Arc::new(Conn {
+            frames: tx,
+            queued: AtomicUsize::new(0),
+            waiting: Mutex::default(),
+            next_id: AtomicU64::new(1),
+        });
         let weak = Arc::downgrade(&conn);
         tokio::spawn(async move {
-            if let Err(e) = wire::write_queued(rx, w).await
+            let written = |n| {
+                if let Some(c) = weak.upgrade() {
+                    c.queued.fetch_sub(n, Ordering::Relaxed);
+                }
+            };
+            if let Err(e) = wire::write_queued(rx, w, written).await
                 && let Some(c) = weak.upgrade()
             {
                 c.close(id, &format!("send: {e}"));
@@ -186,6 +199,17 @@ impl Peers {
             }
             w.replies.insert(rid, tx);
         }
+        // A peer that stops reading (but whose kernel still acknowledges) would otherwise let
+        // frames pile up here without bound.
+        let queued = conn.queued.load(Ordering::Relaxed);
+        if queued > 0 && queued + frame.len() > MAX_QUEUED_BYTES {
+            conn.waiting().replies.remove(&rid);
+            return Err(PeerError::Unreachable(
+                id,
+                format!("peer is not reading: {} MiB already queued", queued >> 20),
+            ));
+        }
+        conn.queued.fetch_add(frame.len(), Ordering::Relaxed);
         if conn.frames.send(frame).is_err() {
             conn.close(id, "connection closed");
         }
@@ -289,5 +313,45 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 
     fn backoff(&self) -> openraft::network::Backoff {
         openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(100)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer whose kernel accepts data but whose process never reads: requests stop being
+    /// queued once `MAX_QUEUED_BYTES` wait, and calls fail at once instead of growing memory.
+    #[tokio::test]
+    async fn a_peer_that_never_reads_gets_refused_not_buffered() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let hold = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_mins(1)).await;
+            drop(stream);
+        });
+        let peers = Peers::default();
+        let big = vec![7u8; 8 << 20];
+        let mut refused = None;
+        for attempt in 0..40 {
+            let r: Result<(), PeerError> =
+                peers.call(9, &url, Method::Forward, &big, Duration::from_millis(50)).await;
+            match r {
+                Err(PeerError::TimedOut(..)) => {}
+                Err(PeerError::Unreachable(_, msg)) if msg.contains("not reading") => {
+                    refused = Some(attempt);
+                    break;
+                }
+                other => panic!("attempt {attempt}: {other:?}"),
+            }
+        }
+        assert!(refused.is_some(), "never refused");
+        let queued = {
+            let conns = peers.conns.lock().unwrap();
+            conns.get(&url).unwrap().queued.load(Ordering::Relaxed)
+        };
+        assert!(queued <= MAX_QUEUED_BYTES, "{queued} bytes queued");
+        hold.abort();
     }
 }

@@ -117,20 +117,35 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Option<Fr
     Ok(Some(Frame { id, kind: header[8], body }))
 }
 
-/// Writes queued frames until the queue closes, several per write when they queue up.
+/// Writes queued frames until the queue closes, several per write when they queue up;
+/// `written` gets each frame's length once it is handed to the socket.
 pub async fn write_queued<W: AsyncWrite + Unpin>(
     mut frames: mpsc::UnboundedReceiver<Vec<u8>>,
     w: W,
+    written: impl Fn(usize),
 ) -> io::Result<()> {
     let mut w = BufWriter::with_capacity(64 << 10, w);
     while let Some(first) = frames.recv().await {
         w.write_all(&first).await?;
+        written(first.len());
         while let Ok(more) = frames.try_recv() {
             w.write_all(&more).await?;
+            written(more.len());
         }
         w.flush().await?;
     }
     Ok(())
+}
+
+/// How long sent data may stay unacknowledged before the kernel drops the connection: a peer
+/// whose host died or went behind a partition is noticed, and its queued frames freed, within
+/// this time (the HTTP/2 transport had pings for that).
+const UNACKED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Socket options of every peer connection, both ends.
+pub fn configure(stream: &tokio::net::TcpStream) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    socket2::SockRef::from(stream).set_tcp_user_timeout(Some(UNACKED_TIMEOUT))
 }
 
 /// `host:port` of a peer URL (`http://host:port`, with or without the scheme).
@@ -165,6 +180,16 @@ mod tests {
         assert_eq!(read_frame(&mut short).await.unwrap_err().kind(), io::ErrorKind::InvalidData);
         let mut cut: &[u8] = &a[..a.len() - 1];
         assert_eq!(read_frame(&mut cut).await.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[tokio::test]
+    async fn peer_sockets_drop_unacknowledged_connections() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let s = tokio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        configure(&s).unwrap();
+        let sock = socket2::SockRef::from(&s);
+        assert_eq!(sock.tcp_user_timeout().unwrap(), Some(UNACKED_TIMEOUT));
+        assert!(sock.tcp_nodelay().unwrap());
     }
 
     #[test]
