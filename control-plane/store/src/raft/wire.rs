@@ -4,8 +4,8 @@
 //! Why not gRPC: a raft batch costs a handful of peer round trips (appends to each follower, a
 //! forwarded batch), and on our 2-core machine each one through tonic took several task
 //! hand-offs (a tower buffer task and the HTTP/2 connection task on the caller, a stream task
-//! on the server) plus HPACK and flow-control frames. Here the caller writes its frame itself
-//! and one reader task per connection completes the replies.
+//! on the server) plus HPACK and flow-control frames. Here one writer task per connection sends
+//! every queued frame in one write, and one reader task completes the replies.
 //!
 //! Frame: `len: u32` (bytes after this field), `id: u64`, `kind: u8`, then the bincode body, all
 //! big-endian. A request's kind is its [`Method`]; a reply's kind is [`REPLY_OK`] (body: the
