@@ -7,9 +7,8 @@
 
 use std::fmt::Debug;
 use std::ops::RangeBounds;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogReader, StorageIOError, Vote};
@@ -103,27 +102,21 @@ impl Drop for SyncerHandle {
 }
 
 /// How often the commit index is recorded (see `save_committed`).
-const SAVE_COMMITTED_EVERY_MS: u64 = 100;
+const SAVE_COMMITTED_EVERY: Duration = Duration::from_millis(100);
 
 /// The raft log and vote, in the `log` and `raft` column families.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
     syncer: Arc<SyncerHandle>,
-    started: Instant,
-    /// When the commit index was last recorded, in ms since `started` (0: never).
-    committed_saved_ms: Arc<AtomicU64>,
+    /// When the commit index was last recorded.
+    committed_saved: Arc<Mutex<Option<Instant>>>,
 }
 
 impl LogStore {
     pub fn new(db: Arc<DB>, metrics: Metrics) -> Self {
         let syncer = Syncer::start(db.clone(), metrics);
-        Self {
-            db,
-            syncer: Arc::new(SyncerHandle(syncer)),
-            started: Instant::now(),
-            committed_saved_ms: Arc::default(),
-        }
+        Self { db, syncer: Arc::new(SyncerHandle(syncer)), committed_saved: Arc::default() }
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(
@@ -210,13 +203,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // A hint for restarts (apply up to it before hearing from a leader), so neither synced
         // nor written on every commit: any committed id is correct, an older one only means
         // re-deriving the rest. Written per commit it cost as much as the log append itself.
-        let now = self.started.elapsed().as_millis();
-        let now = u64::try_from(now).unwrap_or(u64::MAX);
-        let last = self.committed_saved_ms.load(Ordering::Relaxed);
-        if now.saturating_sub(last) < SAVE_COMMITTED_EVERY_MS && last != 0 {
-            return Ok(());
+        {
+            let mut last =
+                self.committed_saved.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if last.is_some_and(|t| t.elapsed() < SAVE_COMMITTED_EVERY) {
+                return Ok(());
+            }
+            *last = Some(Instant::now());
         }
-        self.committed_saved_ms.store(now.max(1), Ordering::Relaxed);
         self.db.put_cf(cf(&self.db, CF_RAFT), KEY_COMMITTED, encode(&committed)).map_err(write_err)
     }
 

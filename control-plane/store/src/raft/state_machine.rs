@@ -90,7 +90,7 @@ impl SnapshotFiles {
     }
 
     /// Writes the snapshot file (atomically: temp file, sync, rename) and hands `data` back. A
-    /// build (on a blocking thread) and an install can finish at the same time: writers take
+    /// build (on its own thread) and an install can finish at the same time: writers take
     /// turns, and one that would replace a newer snapshot leaves the file alone.
     fn save(&self, meta: &Meta, data: Vec<u8>) -> Result<Vec<u8>, StorageError> {
         let mut saved = self.saved.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -99,7 +99,6 @@ impl SnapshotFiles {
             return Ok(data);
         }
         let file = SnapshotFile { meta: meta.clone(), data };
-        let bytes = encode(&file);
         let path = self.path();
         let tmp = path.with_extension("tmp");
         let err = |e: std::io::Error| -> StorageError {
@@ -107,9 +106,11 @@ impl SnapshotFiles {
         };
         {
             use std::io::Write;
-            let mut f = std::fs::File::create(&tmp).map_err(err)?;
-            f.write_all(&bytes).map_err(err)?;
-            f.sync_all().map_err(err)?;
+            // Serialized straight into the file: the data can be tens of MB, no second copy.
+            let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(err)?);
+            bincode::serialize_into(&mut w, &file).map_err(|e| err(std::io::Error::other(e)))?;
+            w.flush().map_err(err)?;
+            w.get_ref().sync_all().map_err(err)?;
         }
         std::fs::rename(&tmp, &path).map_err(err)?;
         *saved = meta.last_log_id;
@@ -117,7 +118,7 @@ impl SnapshotFiles {
     }
 }
 
-/// Dumps the MVCC data and writes the snapshot file: blocking work, run off the async workers.
+/// Dumps the MVCC data and writes the snapshot file: blocking work, run on a thread of its own.
 /// The dump reads a RocksDB snapshot, so applies go on meanwhile.
 fn build_snapshot_blocking(
     mvcc: &Mvcc,

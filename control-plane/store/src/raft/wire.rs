@@ -63,22 +63,25 @@ pub struct Frame {
 
 /// Encodes a frame whose body is `body` serialized with bincode (no intermediate copy).
 pub fn encode_frame<T: Serialize + ?Sized>(id: u64, kind: u8, body: &T) -> io::Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(64);
-    buf.extend_from_slice(&[0; 4]);
-    buf.extend_from_slice(&id.to_be_bytes());
-    buf.push(kind);
+    let mut buf = header(id, kind, 64);
     bincode::serialize_into(&mut buf, body).map_err(io::Error::other)?;
     finish(buf)
 }
 
 /// Encodes a frame with raw body bytes.
 pub fn encode_raw(id: u64, kind: u8, body: &[u8]) -> io::Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(4 + HEADER_BYTES + body.len());
+    let mut buf = header(id, kind, body.len());
+    buf.extend_from_slice(body);
+    finish(buf)
+}
+
+/// A frame's length placeholder, id and kind, with room for `body` more bytes.
+fn header(id: u64, kind: u8, body: usize) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(4 + HEADER_BYTES + body);
     buf.extend_from_slice(&[0; 4]);
     buf.extend_from_slice(&id.to_be_bytes());
     buf.push(kind);
-    buf.extend_from_slice(body);
-    finish(buf)
+    buf
 }
 
 fn finish(mut buf: Vec<u8>) -> io::Result<Vec<u8>> {
