@@ -145,7 +145,7 @@ async fn lagging_follower_installs_a_streamed_snapshot_and_keeps_history() -> an
     let mut t = tuning();
     t.snapshot_every = 40;
     t.keep_logs = 5;
-    let mut c = Cluster::start(3, t).await?;
+    let mut c = Cluster::start(3, t.clone()).await?;
     let leader = c.leader(&[0, 1, 2]).await?;
     let lagger = (0..3).find(|i| *i != leader).expect("a follower");
     let others: Vec<usize> = (0..3).filter(|i| *i != lagger).collect();
@@ -181,6 +181,19 @@ async fn lagging_follower_installs_a_streamed_snapshot_and_keeps_history() -> an
         n += tokio::time::timeout(Duration::from_secs(10), w.next()).await??.len();
     }
     assert_eq!(n, 120);
+    drop(w);
+    // The installed snapshot is the follower's own now, and a restart finds it.
+    let installed = fstore.raft().metrics().borrow().snapshot;
+    assert!(installed.is_some_and(|s| s.index > 20), "{installed:?}");
+    drop(fstore);
+    c.kill(lagger).await;
+    c.restart(lagger, t).await?;
+    let fstore = c.node(lagger).clone();
+    until("the restarted follower reports its snapshot", Duration::from_secs(10), || {
+        fstore.raft().metrics().borrow().snapshot >= installed
+    })
+    .await?;
+    assert_eq!(c.node(lagger).range(&prefix_range("/s/"), false).await?.count, 120);
     c.shutdown().await;
     Ok(())
 }

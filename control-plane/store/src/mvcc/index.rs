@@ -57,6 +57,13 @@ pub struct Change {
     pub version: i64,
 }
 
+impl Change {
+    /// The index entry of a stored record.
+    pub fn of(rev: Rev, r: &super::Record) -> Self {
+        Self { rev, tombstone: r.tombstone, create: r.create_revision, version: r.version }
+    }
+}
+
 /// Changes of one key in revision order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyHistory {

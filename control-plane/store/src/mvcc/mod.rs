@@ -9,6 +9,7 @@
 pub mod index;
 
 use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
@@ -129,15 +130,7 @@ impl Mvcc {
             let (k, v) = item?;
             let rev = Rev::from_bytes(&k).ok_or_else(|| StoreError::Corrupt("kv key".into()))?;
             let r = decode_record(&v)?;
-            index.push(
-                &r.key,
-                Change {
-                    rev,
-                    tombstone: r.tombstone,
-                    create: r.create_revision,
-                    version: r.version,
-                },
-            );
+            index.push(&r.key, Change::of(rev, &r));
         }
         let rev = read_i64(db, META_REV)?.max(1);
         let compact = read_i64(db, META_COMPACT)?;
@@ -249,13 +242,7 @@ impl Mvcc {
 
     /// A consistent copy of all MVCC data.
     pub fn dump(&self) -> Result<MvccDump, StoreError> {
-        // Writers commit their RocksDB batch while holding the write lock, so a RocksDB snapshot
-        // taken under the read lock matches the state copied with it. The lock is released
-        // before the (long) scan: applies continue while a large store is dumped.
-        let (snapshot, revision, compact_revision, applied) = {
-            let st = self.read();
-            (self.db.snapshot(), st.rev, st.compact, st.applied.clone())
-        };
+        let (snapshot, revision, compact_revision, applied) = self.read_view();
         let mut records = Vec::new();
         for item in snapshot.iterator_cf(cf(&self.db, CF_KV), IteratorMode::Start) {
             let (k, v) = item?;
@@ -265,37 +252,115 @@ impl Mvcc {
         Ok(MvccDump { revision, compact_revision, records, applied })
     }
 
-    /// Replaces all MVCC data with `dump`; `extra` adds writes to the same atomic batch.
+    /// Writes all MVCC data to `w` in the layout of `bincode::serialize(&MvccDump)`, one
+    /// record at a time: each record's stored bytes are copied as they are and nothing is held
+    /// in memory (building a raft snapshot through [`Mvcc::dump`] held the history twice). The
+    /// record count is only known at the end and is then written at its place near the start,
+    /// which is why `w` must seek.
+    pub fn dump_into<W: Write + Seek>(&self, w: &mut W) -> Result<DumpSummary, StoreError> {
+        let (snapshot, revision, compact_revision, applied) = self.read_view();
+        let io = |source| StoreError::Io { path: "dump".into(), source };
+        let enc = |source| StoreError::Decode { what: "dump", source };
+        let start = w.stream_position().map_err(io)?;
+        bincode::serialize_into(&mut *w, &(revision, compact_revision, 0u64)).map_err(enc)?;
+        let mut records = 0u64;
+        for item in snapshot.iterator_cf(cf(&self.db, CF_KV), IteratorMode::Start) {
+            let (k, v) = item?;
+            let rev = Rev::from_bytes(&k).ok_or_else(|| StoreError::Corrupt("kv key".into()))?;
+            bincode::serialize_into(&mut *w, &rev).map_err(enc)?;
+            w.write_all(&v).map_err(io)?;
+            records += 1;
+        }
+        bincode::serialize_into(&mut *w, &applied).map_err(enc)?;
+        let end = w.stream_position().map_err(io)?;
+        // The count follows the two revisions (8 bytes each).
+        w.seek(SeekFrom::Start(start + 16)).map_err(io)?;
+        w.write_all(&records.to_le_bytes()).map_err(io)?;
+        w.seek(SeekFrom::Start(end)).map_err(io)?;
+        Ok(DumpSummary { revision, records, applied })
+    }
+
+    /// A RocksDB snapshot and the state that matches it. Writers commit their RocksDB batch
+    /// while holding the write lock, so a snapshot taken under the read lock matches the state
+    /// copied with it; the lock is released before a caller's (long) scan.
+    fn read_view(&self) -> (rocksdb::Snapshot<'_>, i64, i64, Vec<u8>) {
+        let st = self.read();
+        (self.db.snapshot(), st.rev, st.compact, st.applied.clone())
+    }
+
+    /// Replaces all MVCC data with `dump`.
     pub fn restore(&self, dump: &MvccDump) -> Result<(), StoreError> {
-        let mut st = self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let kv = cf(&self.db, CF_KV);
+        let mut r = Replacement::new(&self.db);
+        for (rev, record) in &dump.records {
+            r.push(*rev, record);
+        }
+        r.commit(self, dump.revision, dump.compact_revision, dump.applied.clone())
+    }
+
+    /// Replaces all MVCC data with a dump read from `r` (the layout [`Mvcc::dump_into`]
+    /// writes), record by record, with `applied` in place of the dump's own applied state.
+    /// Nothing changes unless the whole dump decodes. Returns the dump's revision.
+    pub fn restore_from(&self, r: &mut impl Read, applied: Vec<u8>) -> Result<i64, StoreError> {
+        let dec = |source| StoreError::Decode { what: "dump", source };
+        let (revision, compact, count): (i64, i64, u64) =
+            bincode::deserialize_from(&mut *r).map_err(dec)?;
+        let mut replacement = Replacement::new(&self.db);
+        for _ in 0..count {
+            let (rev, record): (Rev, Record) = bincode::deserialize_from(&mut *r).map_err(dec)?;
+            replacement.push(rev, &record);
+        }
+        // The dump's own applied state: read so that a cut-off stream is refused.
+        let _: Vec<u8> = bincode::deserialize_from(&mut *r).map_err(dec)?;
+        replacement.commit(self, revision, compact, applied)?;
+        Ok(revision)
+    }
+}
+
+/// What [`Mvcc::dump_into`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DumpSummary {
+    pub revision: i64,
+    pub records: u64,
+    /// The applied state the dump carries.
+    pub applied: Vec<u8>,
+}
+
+/// All MVCC data being replaced (snapshot install, backup restore): one atomic RocksDB batch
+/// and the key index that goes with it.
+struct Replacement<'a> {
+    db: &'a DB,
+    batch: WriteBatch,
+    index: KeyIndex,
+}
+
+impl<'a> Replacement<'a> {
+    fn new(db: &'a DB) -> Self {
         let mut batch = WriteBatch::default();
         // Revisions are positive, so every record key sorts inside [0x00.., 0xff..).
-        batch.delete_range_cf(kv, [0u8; 16], [0xffu8; 16]);
-        let mut index = KeyIndex::default();
-        for (rev, r) in &dump.records {
-            batch.put_cf(kv, rev.to_bytes(), encode(r));
-            index.push(
-                &r.key,
-                Change {
-                    rev: *rev,
-                    tombstone: r.tombstone,
-                    create: r.create_revision,
-                    version: r.version,
-                },
-            );
-        }
-        let meta = cf(&self.db, CF_META);
-        batch.put_cf(meta, META_REV, dump.revision.to_be_bytes());
-        batch.put_cf(meta, META_COMPACT, dump.compact_revision.to_be_bytes());
-        batch.put_cf(meta, META_APPLIED, &dump.applied);
-        self.db.write(batch)?;
-        *st = State {
-            index,
-            rev: dump.revision.max(1),
-            compact: dump.compact_revision,
-            applied: dump.applied.clone(),
-        };
+        batch.delete_range_cf(cf(db, CF_KV), [0u8; 16], [0xffu8; 16]);
+        Self { db, batch, index: KeyIndex::default() }
+    }
+
+    fn push(&mut self, rev: Rev, r: &Record) {
+        self.batch.put_cf(cf(self.db, CF_KV), rev.to_bytes(), encode(r));
+        self.index.push(&r.key, Change::of(rev, r));
+    }
+
+    /// Writes the batch and swaps the state in; readers wait only for this part.
+    fn commit(
+        mut self,
+        mvcc: &Mvcc,
+        revision: i64,
+        compact: i64,
+        applied: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let meta = cf(self.db, CF_META);
+        self.batch.put_cf(meta, META_REV, revision.to_be_bytes());
+        self.batch.put_cf(meta, META_COMPACT, compact.to_be_bytes());
+        self.batch.put_cf(meta, META_APPLIED, &applied);
+        let mut st = mvcc.state.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.db.write(self.batch)?;
+        *st = State { index: self.index, rev: revision.max(1), compact, applied };
         Ok(())
     }
 }
@@ -442,10 +507,7 @@ impl MvccWriter<'_> {
         let rev = next_rev(cur);
         cur.subs += 1;
         self.batch.put_cf(cf(self.db, CF_KV), rev.to_bytes(), encode(&r));
-        self.st.index.push(
-            &r.key,
-            Change { rev, tombstone: r.tombstone, create: r.create_revision, version: r.version },
-        );
+        self.st.index.push(&r.key, Change::of(rev, &r));
         self.pending.insert(rev, r);
         rev
     }

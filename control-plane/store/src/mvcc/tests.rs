@@ -292,6 +292,40 @@ fn dump_and_restore_round_trip() {
     assert_eq!(get(&b.mvcc, "k2", 0).unwrap().unwrap().mod_revision, 3);
 }
 
+#[test]
+fn streamed_dump_is_the_dump_layout_and_restores() {
+    let a = fixture();
+    put(&a.mvcc, "k1", "v1");
+    put(&a.mvcc, "k2", "v2");
+    del(&a.mvcc, KeyRange::single("k1"));
+    write(&a.mvcc, WriteOp::Compact(2));
+    a.mvcc.writer().commit(Some(b"applied-state".to_vec())).unwrap();
+    let dump = a.mvcc.dump().unwrap();
+    // Written after a prefix, as into a file that already holds something.
+    let mut out = std::io::Cursor::new(b"prefix".to_vec());
+    out.set_position(6);
+    let summary = a.mvcc.dump_into(&mut out).unwrap();
+    assert_eq!(&out.get_ref()[6..], bincode::serialize(&dump).unwrap());
+    assert_eq!((summary.revision, summary.records), (dump.revision, dump.records.len() as u64));
+    assert_eq!(summary.applied, b"applied-state");
+
+    let b = fixture();
+    put(&b.mvcc, "junk", "x");
+    let streamed = &out.get_ref()[6..];
+    // A cut-off stream is refused and changes nothing.
+    for cut in [0, 10, streamed.len() / 2, streamed.len() - 1] {
+        assert!(b.mvcc.restore_from(&mut &streamed[..cut], b"x".to_vec()).is_err(), "cut {cut}");
+        assert_eq!(get(&b.mvcc, "junk", 0).unwrap().unwrap().value, b"x");
+    }
+    assert_eq!(b.mvcc.restore_from(&mut &streamed[..], b"mine".to_vec()).unwrap(), dump.revision);
+    let restored = b.mvcc.dump().unwrap();
+    assert_eq!(restored.records, dump.records);
+    assert_eq!((restored.revision, restored.compact_revision), (dump.revision, 2));
+    assert_eq!(restored.applied, b"mine");
+    assert_eq!(get(&b.mvcc, "junk", 0).unwrap(), None);
+    assert_eq!(get(&b.mvcc, "k2", 0).unwrap().unwrap().mod_revision, 3);
+}
+
 /// The MVCC record and dump as encoded before their byte fields were marked as byte strings
 /// (what existing data dirs, raft snapshots and backups hold).
 mod before_bytes {

@@ -5,8 +5,7 @@
 
 #![expect(clippy::result_large_err, reason = "openraft's StorageError is what the traits return")]
 
-use std::io::Cursor;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -19,13 +18,18 @@ use serde::{Deserialize, Serialize};
 
 use super::{LogId, Member, ProposalResult, StorageError, TypeConfig, encode};
 use crate::metrics::Metrics;
-use crate::mvcc::{EventDetail, Mvcc, MvccDump};
+use crate::mvcc::{EventDetail, Mvcc};
 use crate::watch::WatchHub;
 
 type Entry = openraft::Entry<TypeConfig>;
 type Meta = SnapshotMeta<u64, Member>;
 
-const SNAPSHOT_FILE: &str = "raft-snapshot.bin";
+/// The current snapshot's meta and the name of its data file (written last, atomically).
+const SNAPSHOT_META: &str = "raft-snapshot.meta";
+/// Before data files: meta and data in one file. Converted at open.
+const OLD_SNAPSHOT_FILE: &str = "raft-snapshot.bin";
+/// Data files are `snapshot-*.data`; `*.part` while being written or received.
+const DATA_PREFIX: &str = "snapshot-";
 
 /// What the state machine records next to the MVCC data, atomically with it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -43,9 +47,17 @@ impl AppliedState {
     }
 }
 
-/// A snapshot on disk: openraft's meta and the MVCC dump it describes.
-#[derive(Debug, Serialize, Deserialize)]
-struct SnapshotFile {
+/// What `SNAPSHOT_META` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SavedSnapshot {
+    meta: Meta,
+    /// File name (in the data dir) of the snapshot data: `bincode(MvccDump)` layout.
+    data: String,
+}
+
+/// The single-file snapshot of earlier versions.
+#[derive(Deserialize)]
+struct OldSnapshotFile {
     meta: Meta,
     #[serde(with = "crate::types::bytes")]
     data: Vec<u8>,
@@ -59,6 +71,8 @@ pub struct StateMachine {
     state: AppliedState,
     /// Shared with the snapshot builders openraft asks for.
     files: Arc<SnapshotFiles>,
+    /// The file a snapshot from the leader is being received into.
+    receiving: Option<PathBuf>,
 }
 
 impl StateMachine {
@@ -69,62 +83,166 @@ impl StateMachine {
         dir: PathBuf,
     ) -> Result<Self, StorageError> {
         let state = AppliedState::decode(&mvcc.applied())?;
-        let files =
-            Arc::new(SnapshotFiles { dir, saved: Mutex::new(None), built: AtomicU64::new(0) });
-        Ok(Self { mvcc, hub, metrics, state, files })
+        let files = Arc::new(SnapshotFiles::open(dir)?);
+        Ok(Self { mvcc, hub, metrics, state, files, receiving: None })
     }
 }
 
-/// The snapshot file of a replica and what its writers share.
+/// The snapshot files of a replica and what their writers share. A snapshot is a data file
+/// plus `SNAPSHOT_META` naming it; data is streamed into a `.part` file, synced and renamed,
+/// and only then does the meta (replaced atomically) point at it, so a crash at any step
+/// leaves the previous snapshot intact.
 struct SnapshotFiles {
     dir: PathBuf,
-    /// The last log id of the snapshot file on disk; also the lock its writers take.
+    /// The last log id of the snapshot on disk; also the lock its writers (and readers) take.
     saved: Mutex<Option<LogId>>,
     /// Snapshots built by this process, numbering their ids.
     built: AtomicU64,
+    /// Makes data file names unique: this process's start time and a counter.
+    started: u128,
+    files: AtomicU64,
 }
 
 impl SnapshotFiles {
-    fn path(&self) -> PathBuf {
-        self.dir.join(SNAPSHOT_FILE)
+    /// Reads the current snapshot's meta, converts an old single-file snapshot and removes data
+    /// files nothing points at (left by a crash or an abandoned transfer).
+    fn open(dir: PathBuf) -> Result<Self, StorageError> {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let files = Self {
+            dir,
+            saved: Mutex::new(None),
+            built: AtomicU64::new(0),
+            started,
+            files: AtomicU64::new(0),
+        };
+        let old = files.dir.join(OLD_SNAPSHOT_FILE);
+        if files.current()?.is_none() && old.exists() {
+            let bytes = std::fs::read(&old).map_err(|e| snap_read_err(None, &e))?;
+            let f: OldSnapshotFile =
+                bincode::deserialize(&bytes).map_err(|e| snap_read_err(None, &e))?;
+            let (path, mut file) = files.new_part()?;
+            let write = |e| snap_write_err(&f.meta, &e);
+            std::io::Write::write_all(&mut file, &f.data).map_err(write)?;
+            file.sync_all().map_err(write)?;
+            files.save(&f.meta, &path)?;
+        }
+        if old.exists() {
+            std::fs::remove_file(&old).map_err(|e| snap_read_err(None, &e))?;
+        }
+        let current = files.current()?;
+        *files.saved.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            current.as_ref().and_then(|c| c.meta.last_log_id);
+        files.remove_unused(current.as_ref().map(|c| c.data.as_str()), true);
+        Ok(files)
     }
 
-    /// Writes the snapshot file (atomically: temp file, sync, rename) and hands `data` back. A
-    /// build (on its own thread) and an install can finish at the same time: writers take
-    /// turns, and one that would replace a newer snapshot leaves the file alone.
-    fn save(&self, meta: &Meta, data: Vec<u8>) -> Result<Vec<u8>, StorageError> {
+    /// The current snapshot, if any.
+    fn current(&self) -> Result<Option<SavedSnapshot>, StorageError> {
+        match std::fs::read(self.dir.join(SNAPSHOT_META)) {
+            Ok(b) => bincode::deserialize(&b).map(Some).map_err(|e| snap_read_err(None, &e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(snap_read_err(None, &e)),
+        }
+    }
+
+    /// Opens the current snapshot for reading.
+    fn open_current(&self) -> Result<Option<(Meta, std::fs::File)>, StorageError> {
+        let _writers = self.saved.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(c) = self.current()? else { return Ok(None) };
+        let f = std::fs::File::open(self.dir.join(&c.data))
+            .map_err(|e| snap_read_err(Some(&c.meta), &e))?;
+        Ok(Some((c.meta, f)))
+    }
+
+    /// A new, empty data file to stream a snapshot into.
+    fn new_part(&self) -> Result<(PathBuf, std::fs::File), StorageError> {
+        let n = self.files.fetch_add(1, Ordering::Relaxed);
+        let path = self.dir.join(format!("{DATA_PREFIX}{}-{n}.part", self.started));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| snap_read_err(None, &e))?;
+        Ok((path, file))
+    }
+
+    /// Makes the synced `part` the current snapshot. A build (on its own thread) and an
+    /// install can finish at the same time: writers take turns, and one that would replace a
+    /// newer snapshot removes its file instead.
+    fn save(&self, meta: &Meta, part: &Path) -> Result<(), StorageError> {
         let mut saved = self.saved.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let err = |e: std::io::Error| snap_write_err(meta, &e);
         if saved.is_some() && meta.last_log_id < *saved {
             tracing::info!(snapshot = %meta.snapshot_id, "a newer snapshot is on disk; not replacing it");
-            return Ok(data);
+            return std::fs::remove_file(part).map_err(err);
         }
-        let file = SnapshotFile { meta: meta.clone(), data };
-        let path = self.path();
+        let data = part.with_extension("data");
+        std::fs::rename(part, &data).map_err(err)?;
+        let name = data.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let record = SavedSnapshot { meta: meta.clone(), data: name };
+        let path = self.dir.join(SNAPSHOT_META);
         let tmp = path.with_extension("tmp");
-        let err = |e: std::io::Error| -> StorageError {
-            StorageIOError::write_snapshot(Some(meta.signature()), &e).into()
-        };
         {
-            use std::io::Write;
-            // Serialized straight into the file: the data can be tens of MB, no second copy.
-            let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(err)?);
-            bincode::serialize_into(&mut w, &file).map_err(|e| err(std::io::Error::other(e)))?;
-            w.flush().map_err(err)?;
-            w.get_ref().sync_all().map_err(err)?;
+            let mut f = std::fs::File::create(&tmp).map_err(err)?;
+            std::io::Write::write_all(&mut f, &encode(&record)).map_err(err)?;
+            f.sync_all().map_err(err)?;
         }
         std::fs::rename(&tmp, &path).map_err(err)?;
+        std::fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(err)?;
         *saved = meta.last_log_id;
-        Ok(file.data)
+        self.remove_unused(Some(&record.data), false);
+        Ok(())
+    }
+
+    /// Removes data files other than `keep` (and, at open, unfinished `.part` files; later a
+    /// `.part` may be a transfer in progress). Open readers keep their file until they close it.
+    fn remove_unused(&self, keep: Option<&str>, parts_too: bool) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let ext = Path::new(&name).extension().and_then(|x| x.to_str());
+            let unused = name.starts_with(DATA_PREFIX)
+                && Some(name.as_str()) != keep
+                && (ext == Some("data") || (parts_too && ext == Some("part")));
+            if unused && let Err(err) = std::fs::remove_file(e.path()) {
+                tracing::warn!(file = %name, error = %err, "removing an old snapshot file");
+            }
+        }
     }
 }
 
-/// Dumps the MVCC data and writes the snapshot file: blocking work, run on a thread of its own.
+/// Streams the MVCC data into a new snapshot file: blocking work, run on a thread of its own.
 /// The dump reads a RocksDB snapshot, so applies go on meanwhile.
 fn build_snapshot_blocking(
     mvcc: &Mvcc,
     files: &SnapshotFiles,
 ) -> Result<Snapshot<TypeConfig>, StorageError> {
-    let dump = mvcc.dump().map_err(sm_err)?;
+    let (part, mut file) = files.new_part()?;
+    let built = write_snapshot(mvcc, files, &part, &mut file);
+    if built.is_err() {
+        let _ = std::fs::remove_file(&part);
+    }
+    let meta = built?;
+    Ok(Snapshot { meta, snapshot: Box::new(tokio::fs::File::from_std(file)) })
+}
+
+/// Dumps into `file` (at `part`), saves it as the current snapshot and rewinds `file` so it can
+/// be read back (it stays readable if a newer snapshot replaced it meanwhile).
+fn write_snapshot(
+    mvcc: &Mvcc,
+    files: &SnapshotFiles,
+    part: &Path,
+    file: &mut std::fs::File,
+) -> Result<Meta, StorageError> {
+    use std::io::{Seek, Write};
+    let mut w = std::io::BufWriter::new(&*file);
+    let dump = mvcc.dump_into(&mut w).map_err(sm_err)?;
+    w.flush().map_err(sm_err)?;
+    drop(w);
+    file.sync_all().map_err(sm_err)?;
     // openraft purges the log up to this snapshot: make the state it reflects durable.
     mvcc.db().flush_wal(true).map_err(sm_err)?;
     let applied = AppliedState::decode(&dump.applied)?;
@@ -139,9 +257,18 @@ fn build_snapshot_blocking(
         last_membership: applied.membership,
         snapshot_id,
     };
-    let data = files.save(&meta, encode(&dump))?;
-    tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), revision = dump.revision, "built snapshot");
-    Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    files.save(&meta, part)?;
+    file.rewind().map_err(sm_err)?;
+    tracing::info!(snapshot = %meta.snapshot_id, records = dump.records, revision = dump.revision, "built snapshot");
+    Ok(meta)
+}
+
+fn snap_read_err(meta: Option<&Meta>, e: &(impl std::error::Error + 'static)) -> StorageError {
+    StorageIOError::read_snapshot(meta.map(Meta::signature), e).into()
+}
+
+fn snap_write_err(meta: &Meta, e: &(impl std::error::Error + 'static)) -> StorageError {
+    StorageIOError::write_snapshot(Some(meta.signature()), e).into()
 }
 
 fn sm_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -231,45 +358,58 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             metrics: self.metrics.clone(),
             state: self.state.clone(),
             files: self.files.clone(),
+            receiving: None,
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        // A transfer that was abandoned for a newer one leaves its file behind.
+        if let Some(old) = self.receiving.take() {
+            let _ = std::fs::remove_file(old);
+        }
+        let (path, file) = self.files.new_part()?;
+        self.receiving = Some(path);
+        Ok(Box::new(tokio::fs::File::from_std(file)))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &Meta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        let data = snapshot.into_inner();
-        let mut dump: MvccDump = bincode::deserialize(&data).map_err(|e| {
-            StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &e))
+        use std::io::Seek;
+        use tokio::io::AsyncWriteExt;
+        let part = self.receiving.take().ok_or_else(|| {
+            snap_read_err(Some(meta), &std::io::Error::other("no snapshot was being received"))
         })?;
+        let err = |e: std::io::Error| snap_read_err(Some(meta), &e);
+        let mut snapshot = *snapshot;
+        // Completes writes still in flight (and reports their errors).
+        snapshot.flush().await.map_err(err)?;
+        let mut file = snapshot.into_std().await;
+        file.sync_all().map_err(err)?;
+        file.rewind().map_err(err)?;
         let state = AppliedState {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
         };
-        dump.applied = encode(&state);
-        self.mvcc.restore(&dump).map_err(sm_err)?;
-        self.files.save(meta, data)?;
+        let revision = self
+            .mvcc
+            .restore_from(&mut std::io::BufReader::new(&file), encode(&state))
+            .map_err(|e| snap_read_err(Some(meta), &e))?;
+        self.files.save(meta, &part)?;
         self.state = state;
         // Watchers re-read history: the data under them was replaced.
-        self.hub.publish(dump.revision + 2, dump.revision, Vec::new(), EventDetail::None);
-        tracing::info!(snapshot = %meta.snapshot_id, revision = dump.revision, "installed snapshot");
+        self.hub.publish(revision + 2, revision, Vec::new(), EventDetail::None);
+        tracing::info!(snapshot = %meta.snapshot_id, revision, "installed snapshot");
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let bytes = match std::fs::read(self.files.path()) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(StorageIOError::read_snapshot(None, &e).into()),
-        };
-        let f: SnapshotFile = bincode::deserialize(&bytes)
-            .map_err(|e| StorageError::from(StorageIOError::read_snapshot(None, &e)))?;
-        Ok(Some(Snapshot { meta: f.meta, snapshot: Box::new(Cursor::new(f.data)) }))
+        Ok(self.files.open_current()?.map(|(meta, file)| Snapshot {
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
+        }))
     }
 }
 
@@ -285,25 +425,72 @@ mod tests {
         }
     }
 
-    fn on_disk(files: &SnapshotFiles) -> SnapshotFile {
-        bincode::deserialize(&std::fs::read(files.path()).unwrap()).unwrap()
+    fn part_with(files: &SnapshotFiles, bytes: &[u8]) -> PathBuf {
+        let (path, mut f) = files.new_part().unwrap();
+        std::io::Write::write_all(&mut f, bytes).unwrap();
+        path
+    }
+
+    fn current_data(files: &SnapshotFiles) -> (String, Vec<u8>) {
+        let (meta, mut f) = files.open_current().unwrap().expect("a current snapshot");
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut data).unwrap();
+        (meta.snapshot_id, data)
+    }
+
+    fn snapshot_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(DATA_PREFIX))
+            .collect();
+        names.sort();
+        names
     }
 
     #[test]
     fn an_older_snapshot_never_replaces_a_newer_one() {
         let dir = tempfile::Builder::new().prefix("skiff-test-snap").tempdir().unwrap();
-        let files = SnapshotFiles {
-            dir: dir.path().to_path_buf(),
-            saved: Mutex::default(),
-            built: AtomicU64::default(),
-        };
-        files.save(&meta(20), b"new".to_vec()).unwrap();
+        let files = SnapshotFiles::open(dir.path().to_path_buf()).unwrap();
+        let started_old = part_with(&files, b"old");
+        files.save(&meta(20), &part_with(&files, b"new")).unwrap();
         // A build that started before an install and finished after it.
-        let back = files.save(&meta(10), b"old".to_vec()).unwrap();
-        assert_eq!(back, b"old");
-        let f = on_disk(&files);
-        assert_eq!((f.meta.snapshot_id.as_str(), f.data.as_slice()), ("1-20", &b"new"[..]));
-        files.save(&meta(30), b"newer".to_vec()).unwrap();
-        assert_eq!(on_disk(&files).data, b"newer");
+        files.save(&meta(10), &started_old).unwrap();
+        assert_eq!(current_data(&files), ("1-20".into(), b"new".to_vec()));
+        files.save(&meta(30), &part_with(&files, b"newer")).unwrap();
+        assert_eq!(current_data(&files), ("1-30".into(), b"newer".to_vec()));
+        assert_eq!(snapshot_files(dir.path()).len(), 1, "{:?}", snapshot_files(dir.path()));
+    }
+
+    #[test]
+    fn a_reader_keeps_its_snapshot_when_a_newer_one_lands() {
+        let dir = tempfile::Builder::new().prefix("skiff-test-snap").tempdir().unwrap();
+        let files = SnapshotFiles::open(dir.path().to_path_buf()).unwrap();
+        files.save(&meta(20), &part_with(&files, b"first")).unwrap();
+        let (_, mut sending) = files.open_current().unwrap().unwrap();
+        files.save(&meta(30), &part_with(&files, b"second")).unwrap();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut sending, &mut data).unwrap();
+        assert_eq!(data, b"first");
+    }
+
+    #[test]
+    fn open_converts_an_old_snapshot_and_removes_leftovers() {
+        let dir = tempfile::Builder::new().prefix("skiff-test-snap").tempdir().unwrap();
+        // The old layout: bincode of the meta followed by the data as a byte string.
+        let old = bincode::serialize(&(meta(7), b"dump".to_vec())).unwrap();
+        std::fs::write(dir.path().join(OLD_SNAPSHOT_FILE), old).unwrap();
+        // A crash mid-build and a transfer that never finished.
+        std::fs::write(dir.path().join(format!("{DATA_PREFIX}1-0.part")), b"x").unwrap();
+        std::fs::write(dir.path().join(format!("{DATA_PREFIX}1-1.data")), b"y").unwrap();
+        let files = SnapshotFiles::open(dir.path().to_path_buf()).unwrap();
+        assert_eq!(current_data(&files), ("1-7".into(), b"dump".to_vec()));
+        assert!(!dir.path().join(OLD_SNAPSHOT_FILE).exists());
+        assert_eq!(snapshot_files(dir.path()).len(), 1, "{:?}", snapshot_files(dir.path()));
+        // Reopening finds the same snapshot.
+        drop(files);
+        let files = SnapshotFiles::open(dir.path().to_path_buf()).unwrap();
+        assert_eq!(current_data(&files), ("1-7".into(), b"dump".to_vec()));
+        assert_eq!(*files.saved.lock().unwrap(), meta(7).last_log_id);
     }
 }

@@ -167,6 +167,35 @@ impl Cluster {
         }
     }
 
+    /// Starts killed node `i` again on its data dir and peer address.
+    pub async fn restart(&mut self, i: usize, tuning: RaftTuning) -> Result<()> {
+        assert!(self.nodes[i].is_none(), "node {i} is running");
+        let member = self.members[i].clone();
+        let addr = member.peer_url.trim_start_matches("http://").to_string();
+        let data_dir = self.dir.path().join(&member.name);
+        // The killed replica's tasks and threads drop their database handles shortly after
+        // its shutdown returns; until then RocksDB's lock refuses a second open.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let node = loop {
+            let l = tokio::net::TcpListener::bind(&addr).await?;
+            match Node::open(&member, &self.members, false, tuning.clone(), data_dir.clone(), l)
+                .await
+            {
+                Ok(node) => break node,
+                Err(e) if e.to_string().contains("LOCK") && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        self.nodes[i] = Some(node);
+        // `kill` cut the links to it.
+        for n in self.nodes.iter().flatten() {
+            n.net.unblock_all();
+        }
+        Ok(())
+    }
+
     pub async fn shutdown(&mut self) {
         for i in self.alive() {
             self.kill(i).await;
