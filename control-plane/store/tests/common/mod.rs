@@ -173,16 +173,25 @@ impl Cluster {
         let member = self.members[i].clone();
         let addr = member.peer_url.trim_start_matches("http://").to_string();
         let data_dir = self.dir.path().join(&member.name);
-        // The killed replica's tasks and threads drop their database handles shortly after
-        // its shutdown returns; until then RocksDB's lock refuses a second open.
+        // The killed replica's tasks and threads drop their listener and database handles
+        // shortly after its shutdown returns; until then the port is taken and RocksDB's lock
+        // refuses a second open.
         let deadline = Instant::now() + Duration::from_secs(10);
         let node = loop {
-            let l = tokio::net::TcpListener::bind(&addr).await?;
-            match Node::open(&member, &self.members, false, tuning.clone(), data_dir.clone(), l)
-                .await
-            {
+            let opened = match tokio::net::TcpListener::bind(&addr).await {
+                Ok(l) => {
+                    Node::open(&member, &self.members, false, tuning.clone(), data_dir.clone(), l)
+                        .await
+                }
+                Err(e) => Err(e.into()),
+            };
+            match opened {
                 Ok(node) => break node,
-                Err(e) if e.to_string().contains("LOCK") && Instant::now() < deadline => {
+                Err(e) if Instant::now() < deadline => {
+                    let msg = e.to_string();
+                    if !msg.contains("LOCK") && !msg.contains("in use") {
+                        return Err(e);
+                    }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 Err(e) => return Err(e),
