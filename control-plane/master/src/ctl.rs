@@ -74,7 +74,7 @@ pub async fn snapshot_save(endpoint: &str, file: &Path) -> Result<SavedSnapshot,
 pub fn snapshot_restore(file: &Path, data_dir: &Path) -> Result<i64, CtlError> {
     let bytes = std::fs::read(file)
         .map_err(|source| CtlError::Io { path: file.display().to_string(), source })?;
-    Ok(backup::restore_into(data_dir, &bytes)?.revision)
+    Ok(backup::restore_into(data_dir, &bytes)?)
 }
 
 async fn admin(peer: &str, req: AdminRequest) -> Result<Vec<MemberInfo>, CtlError> {

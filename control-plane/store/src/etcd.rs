@@ -19,7 +19,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::error::KvError;
+use crate::error::{KvError, StoreError};
 use crate::node::{AdminRequest, AdminResponse, MemberInfo, Store};
 use crate::types::{
     Compare, CompareResult, CompareTarget, DeleteRangeRequest, Event, EventKind, KeyRange,
@@ -719,21 +719,53 @@ impl pb::maintenance_server::Maintenance for EtcdService {
         &self,
         _: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        let dump = self.store.mvcc().dump().map_err(|e| Status::internal(e.to_string()))?;
-        let header = self.header(dump.revision);
-        let bytes = crate::backup::encode(&dump);
-        let total = bytes.len();
-        let chunks: Vec<Result<pb::SnapshotResponse, Status>> = bytes
-            .chunks(SNAPSHOT_CHUNK)
-            .scan(0usize, |sent, c| {
-                *sent += c.len();
-                Some(Ok(pb::SnapshotResponse {
-                    header,
-                    remaining_bytes: (total - *sent) as u64,
-                    blob: c.to_vec(),
-                }))
-            })
-            .collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        let mvcc = self.store.mvcc().clone();
+        let dir = self.store.config().data_dir.clone();
+        let internal = |e: &dyn std::fmt::Display| Status::internal(e.to_string());
+        // The backup goes through a file (on the data dir's disk, unlinked at once), so a large
+        // store is never held in memory and the dump does not hold up a runtime worker.
+        let (file, revision) = tokio::task::spawn_blocking(move || {
+            static BACKUPS: AtomicI64 = AtomicI64::new(0);
+            let n = BACKUPS.fetch_add(1, Ordering::Relaxed);
+            let path = dir.join(format!("backup-{}-{n}.part", std::process::id()));
+            let mut file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .map_err(|source| StoreError::Io { path: path.display().to_string(), source })?;
+            let _ = std::fs::remove_file(&path);
+            let revision = crate::backup::write(&mvcc, &mut file)?;
+            Ok::<_, StoreError>((file, revision))
+        })
+        .await
+        .map_err(|e| internal(&e))?
+        .map_err(|e| internal(&e))?;
+        let header = self.header(revision);
+        let total = file.metadata().map_err(|e| internal(&e))?.len();
+        let (tx, rx) = mpsc::channel(2);
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut file = file;
+            let mut sent = 0u64;
+            while sent < total {
+                let mut blob = vec![0; SNAPSHOT_CHUNK];
+                let chunk = match file.read(&mut blob) {
+                    Ok(0) => Err(Status::internal("backup file ended early")),
+                    Ok(n) => {
+                        blob.truncate(n);
+                        sent += n as u64;
+                        Ok(pb::SnapshotResponse { header, remaining_bytes: total - sent, blob })
+                    }
+                    Err(e) => Err(internal(&e)),
+                };
+                let failed = chunk.is_err();
+                if tx.blocking_send(chunk).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

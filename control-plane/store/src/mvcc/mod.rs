@@ -256,8 +256,13 @@ impl Mvcc {
     /// record at a time: each record's stored bytes are copied as they are and nothing is held
     /// in memory (building a raft snapshot through [`Mvcc::dump`] held the history twice). The
     /// record count is only known at the end and is then written at its place near the start,
-    /// which is why `w` must seek.
-    pub fn dump_into<W: Write + Seek>(&self, w: &mut W) -> Result<DumpSummary, StoreError> {
+    /// which is why `w` must seek. Without `with_applied` the dump carries an empty applied
+    /// state (a backup is data, not raft membership); the summary reports the real one.
+    pub fn dump_into<W: Write + Seek>(
+        &self,
+        w: &mut W,
+        with_applied: bool,
+    ) -> Result<DumpSummary, StoreError> {
         let (snapshot, revision, compact_revision, applied) = self.read_view();
         let io = |source| StoreError::Io { path: "dump".into(), source };
         let enc = |source| StoreError::Decode { what: "dump", source };
@@ -271,7 +276,8 @@ impl Mvcc {
             w.write_all(&v).map_err(io)?;
             records += 1;
         }
-        bincode::serialize_into(&mut *w, &applied).map_err(enc)?;
+        let written: &[u8] = if with_applied { &applied } else { &[] };
+        bincode::serialize_into(&mut *w, written).map_err(enc)?;
         let end = w.stream_position().map_err(io)?;
         // The count follows the two revisions (8 bytes each).
         w.seek(SeekFrom::Start(start + 16)).map_err(io)?;

@@ -304,7 +304,7 @@ fn streamed_dump_is_the_dump_layout_and_restores() {
     // Written after a prefix, as into a file that already holds something.
     let mut out = std::io::Cursor::new(b"prefix".to_vec());
     out.set_position(6);
-    let summary = a.mvcc.dump_into(&mut out).unwrap();
+    let summary = a.mvcc.dump_into(&mut out, true).unwrap();
     assert_eq!(&out.get_ref()[6..], bincode::serialize(&dump).unwrap());
     assert_eq!((summary.revision, summary.records), (dump.revision, dump.records.len() as u64));
     assert_eq!(summary.applied, b"applied-state");

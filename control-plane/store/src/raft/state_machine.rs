@@ -239,7 +239,7 @@ fn write_snapshot(
 ) -> Result<Meta, StorageError> {
     use std::io::{Seek, Write};
     let mut w = std::io::BufWriter::new(&*file);
-    let dump = mvcc.dump_into(&mut w).map_err(sm_err)?;
+    let dump = mvcc.dump_into(&mut w, true).map_err(sm_err)?;
     w.flush().map_err(sm_err)?;
     drop(w);
     file.sync_all().map_err(sm_err)?;
