@@ -393,10 +393,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
         };
-        let revision = self
-            .mvcc
-            .restore_from(&mut std::io::BufReader::new(&file), encode(&state))
-            .map_err(|e| snap_read_err(Some(meta), &e))?;
+        // Reading a large snapshot takes a while: off the runtime, so this member's other
+        // tasks (heartbeats, client reads) keep a worker thread.
+        let (mvcc, applied) = (self.mvcc.clone(), encode(&state));
+        let revision = tokio::task::spawn_blocking(move || {
+            mvcc.restore_from(&mut std::io::BufReader::new(&file), applied)
+        })
+        .await
+        .map_err(|e| err(std::io::Error::other(e.to_string())))?
+        .map_err(|e| snap_read_err(Some(meta), &e))?;
         self.files.save(meta, &part)?;
         self.state = state;
         // Watchers re-read history: the data under them was replaced.
