@@ -240,7 +240,9 @@ impl Mvcc {
         Ok((out, upto))
     }
 
-    /// A consistent copy of all MVCC data.
+    /// A consistent copy of all MVCC data, in memory: the reference [`Mvcc::dump_into`] is
+    /// tested against (the store itself streams).
+    #[cfg(test)]
     pub fn dump(&self) -> Result<MvccDump, StoreError> {
         let (snapshot, revision, compact_revision, applied) = self.read_view();
         let mut records = Vec::new();
@@ -294,7 +296,9 @@ impl Mvcc {
         (self.db.snapshot(), st.rev, st.compact, st.applied.clone())
     }
 
-    /// Replaces all MVCC data with `dump`.
+    /// Replaces all MVCC data with `dump` (tests; the store reads dumps with
+    /// [`Mvcc::restore_from`]).
+    #[cfg(test)]
     pub fn restore(&self, dump: &MvccDump) -> Result<(), StoreError> {
         let mut r = Replacement::new(&self.db);
         for (rev, record) in &dump.records {
@@ -327,7 +331,7 @@ impl Mvcc {
 pub struct DumpSummary {
     pub revision: i64,
     pub records: u64,
-    /// The applied state the dump carries.
+    /// The store's applied state at the dump (written into it only `with_applied`).
     pub applied: Vec<u8>,
 }
 

@@ -377,13 +377,35 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &Meta,
         snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        use std::io::Seek;
-        use tokio::io::AsyncWriteExt;
         let part = self.receiving.take().ok_or_else(|| {
             snap_read_err(Some(meta), &std::io::Error::other("no snapshot was being received"))
         })?;
+        let installed = self.install_received(meta, *snapshot, &part).await;
+        if installed.is_err() {
+            let _ = std::fs::remove_file(&part);
+        }
+        installed
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        Ok(self.files.open_current()?.map(|(meta, file)| Snapshot {
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
+        }))
+    }
+}
+
+impl StateMachine {
+    /// Reads the snapshot received into `part` into the store and makes it the current one.
+    async fn install_received(
+        &mut self,
+        meta: &Meta,
+        mut snapshot: tokio::fs::File,
+        part: &Path,
+    ) -> Result<(), StorageError> {
+        use std::io::Seek;
+        use tokio::io::AsyncWriteExt;
         let err = |e: std::io::Error| snap_read_err(Some(meta), &e);
-        let mut snapshot = *snapshot;
         // Completes writes still in flight (and reports their errors).
         snapshot.flush().await.map_err(err)?;
         let mut file = snapshot.into_std().await;
@@ -402,19 +424,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
         .map_err(|e| err(std::io::Error::other(e.to_string())))?
         .map_err(|e| snap_read_err(Some(meta), &e))?;
-        self.files.save(meta, &part)?;
+        self.files.save(meta, part)?;
         self.state = state;
         // Watchers re-read history: the data under them was replaced.
         self.hub.publish(revision + 2, revision, Vec::new(), EventDetail::None);
         tracing::info!(snapshot = %meta.snapshot_id, revision, "installed snapshot");
         Ok(())
-    }
-
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        Ok(self.files.open_current()?.map(|(meta, file)| Snapshot {
-            meta,
-            snapshot: Box::new(tokio::fs::File::from_std(file)),
-        }))
     }
 }
 
