@@ -71,21 +71,29 @@ pub struct Masters {
     initial_cluster: String,
     /// Extra `run` flags for every member (the API server's, when enabled).
     extra: Vec<String>,
+    /// Store flags for every member.
+    store_flags: Vec<String>,
 }
 
 impl Masters {
     /// Starts `n` members as a new cluster and waits until they serve the etcd API.
     pub fn start(tag: &str, n: usize) -> Result<Self> {
-        Self::start_with(tag, n, None)
+        Self::start_with(tag, n, None, &[])
+    }
+
+    /// Like [`Masters::start`], with extra store flags for every member (say, a small
+    /// `--snapshot-count`).
+    pub fn start_with_store_flags(tag: &str, n: usize, flags: &[&str]) -> Result<Self> {
+        Self::start_with(tag, n, None, flags)
     }
 
     /// Starts `n` members, each also running the API server (PKI from `skiff-master init`,
     /// a token file, an audit log per member, `watch_history` events per resource).
     pub fn start_with_api(tag: &str, n: usize, watch_history: usize) -> Result<Self> {
-        Self::start_with(tag, n, Some(watch_history))
+        Self::start_with(tag, n, Some(watch_history), &[])
     }
 
-    fn start_with(tag: &str, n: usize, api: Option<usize>) -> Result<Self> {
+    fn start_with(tag: &str, n: usize, api: Option<usize>, store_flags: &[&str]) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!("skiff-test-{tag}-masters"));
         fs::create_dir_all(&dir)?;
         let mut specs = Vec::new();
@@ -111,6 +119,7 @@ impl Masters {
             bin: master_binary()?,
             initial_cluster,
             extra: Vec::new(),
+            store_flags: store_flags.iter().map(|f| (*f).to_string()).collect(),
         };
         if let Some(history) = api {
             let pki = me.dir.join("pki");
@@ -188,6 +197,7 @@ impl Masters {
             .args(["--listen-metrics", &format!("127.0.0.1:{}", s.metrics_port)])
             .args(["--initial-cluster", &self.initial_cluster])
             .args(["--heartbeat-interval-ms", "100", "--election-timeout-ms", "800"])
+            .args(&self.store_flags)
             .args(&self.extra)
             .args(if self.extra.is_empty() {
                 Vec::new()

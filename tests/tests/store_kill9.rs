@@ -1,5 +1,7 @@
 //! `kill -9` of store members (the leader included) while clients write, then restarts: every
 //! acknowledged write is on every member afterwards, at the revision it was acknowledged with.
+//! Snapshots are small and frequent here, so members are killed while building them and
+//! restarted members catch up by receiving one.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -73,11 +75,32 @@ async fn until_more(acked: &Acked, more: usize) {
     }
 }
 
+fn snapshots_built(m: &Masters, i: usize) -> usize {
+    std::fs::read_to_string(m.dir.join(format!("m{i}.log")))
+        .unwrap_or_default()
+        .matches("built snapshot")
+        .count()
+}
+
+/// Waits until each of `members` has built `more` snapshots beyond `since` (its count then).
+async fn until_snapshots(m: &Masters, members: &[usize], since: &[usize], more: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_mins(1);
+    while members.iter().any(|i| snapshots_built(m, *i) < since[*i] + more) {
+        assert!(tokio::time::Instant::now() < deadline, "members stopped building snapshots");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_writes_survive_kill_9_of_members() {
     let tag = unique_tag();
+    // Snapshots every 10 entries, keeping 5 behind them: members build snapshots while they
+    // are killed, and a restarted member is usually too far behind for the leader's log, so it
+    // receives a snapshot.
+    let flags = ["--snapshot-count", "10", "--snapshot-catchup-entries", "5"];
     let mut masters =
-        tokio::task::block_in_place(|| Masters::start(&tag, 3)).expect("cluster starts");
+        tokio::task::block_in_place(|| Masters::start_with_store_flags(&tag, 3, &flags))
+            .expect("cluster starts");
     let urls: Vec<String> =
         masters.specs.iter().map(skiff_e2e::masters::MemberSpec::client_url).collect();
     let acked: Acked = Arc::default();
@@ -93,9 +116,14 @@ async fn acknowledged_writes_survive_kill_9_of_members() {
         } else {
             (round + 1) % 3
         };
+        let built: Vec<usize> = (0..3).map(|i| snapshots_built(&masters, i)).collect();
         masters.kill9(victim);
-        // Two members keep accepting writes.
+        // Two members keep accepting writes, and snapshot twice: the second snapshot is at
+        // least 10 entries past the victim's log, so the leader purges past it (keeping 5) and
+        // the victim has to receive a snapshot when it is back.
         until_more(&acked, 40).await;
+        let live: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
+        until_snapshots(&masters, &live, &built, 2).await;
         masters.restart(victim).expect("restart");
         tokio::task::block_in_place(|| masters.wait_ready()).expect("members ready after restart");
     }
@@ -117,6 +145,16 @@ async fn acknowledged_writes_survive_kill_9_of_members() {
     })
     .expect("convergence");
     // ...and each holds every acknowledged write at its acknowledged revision.
+    // Each restarted member was behind its leader's purged log: snapshots went over the wire.
+    let installed: usize = (0..3)
+        .map(|i| {
+            std::fs::read_to_string(masters.dir.join(format!("m{i}.log")))
+                .unwrap_or_default()
+                .matches("installed snapshot")
+                .count()
+        })
+        .sum();
+    assert!(installed >= 4, "{installed} snapshots installed in 4 restarts");
     let acked = acked.lock().expect("acked lock").clone();
     for u in &urls {
         let mut c = KvClient::connect(u.clone()).await.expect("connect");

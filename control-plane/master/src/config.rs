@@ -67,8 +67,13 @@ pub struct RunConfig {
     #[arg(long, env = "SKIFF_ELECTION_TIMEOUT_MS", default_value_t = 1000)]
     pub election_timeout_ms: u64,
     /// Raft entries between snapshots (each entry is a batch of writes).
-    #[arg(long, env = "SKIFF_SNAPSHOT_COUNT", default_value_t = 10_000)]
+    #[arg(long, env = "SKIFF_SNAPSHOT_COUNT", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub snapshot_count: u64,
+    /// Log entries kept behind a snapshot, so a follower that lags by fewer catches up from the
+    /// log instead of receiving a snapshot (etcd's `--experimental-snapshot-catchup-entries`).
+    #[arg(long, env = "SKIFF_SNAPSHOT_CATCHUP_ENTRIES", default_value_t = 1000)]
+    pub snapshot_catchup_entries: u64,
     /// Address of the Kubernetes API (HTTPS); no API server when unset.
     #[arg(long, env = "SKIFF_API_LISTEN")]
     pub api_listen: Option<SocketAddr>,
@@ -165,7 +170,7 @@ impl RunConfig {
                 election_min_ms: self.election_timeout_ms,
                 election_max_ms: self.election_timeout_ms * 2,
                 snapshot_every: self.snapshot_count,
-                keep_logs: 1000,
+                keep_logs: self.snapshot_catchup_entries,
                 request_timeout: Duration::from_secs(5),
             },
             net: NetControl::default(),
