@@ -29,14 +29,15 @@ pub enum CtlError {
 /// What `snapshot save` wrote.
 #[derive(Debug)]
 pub struct SavedSnapshot {
-    pub bytes: usize,
+    pub bytes: u64,
     pub revision: i64,
-    pub keys: usize,
+    /// Key versions held (deletions not counted).
+    pub versions: usize,
     pub sha256: String,
 }
 
 /// Streams a consistent backup from the member at `endpoint` (its etcd client URL) into
-/// `file`, verifying it before the file appears.
+/// `file`, verifying it before the file appears; nothing of it is held in memory.
 pub async fn snapshot_save(endpoint: &str, file: &Path) -> Result<SavedSnapshot, CtlError> {
     let mut c = MaintenanceClient::connect(endpoint.to_string())
         .await
@@ -47,34 +48,38 @@ pub async fn snapshot_save(endpoint: &str, file: &Path) -> Result<SavedSnapshot,
         .await
         .map_err(|s| CtlError::Rpc(s.message().into()))?
         .into_inner();
-    let mut bytes = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        bytes.extend(chunk.map_err(|s| CtlError::Rpc(s.message().into()))?.blob);
-    }
-    let dump = backup::decode(&bytes)?;
-    let io = |source| CtlError::Io { path: file.display().to_string(), source };
     let tmp = file.with_extension("part");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(&bytes).map_err(io)?;
+    let saved = async {
+        let io = |source| CtlError::Io { path: tmp.display().to_string(), source };
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
+        while let Some(chunk) = stream.next().await {
+            let blob = chunk.map_err(|s| CtlError::Rpc(s.message().into()))?.blob;
+            std::io::Write::write_all(&mut f, &blob).map_err(io)?;
+        }
+        let f = f.into_inner().map_err(|e| io(e.into_error()))?;
         f.sync_all().map_err(io)?;
+        let mut checked = backup::Checked::open(&tmp)?;
+        let (revision, versions) = checked.summary()?;
+        Ok::<_, CtlError>(SavedSnapshot {
+            bytes: checked.bytes,
+            revision,
+            versions,
+            sha256: checked.sha256,
+        })
     }
-    std::fs::rename(&tmp, file).map_err(io)?;
-    let keys = dump.records.iter().filter(|(_, r)| !r.tombstone).count();
-    Ok(SavedSnapshot {
-        bytes: bytes.len(),
-        revision: dump.revision,
-        keys,
-        sha256: backup::file_hash(&bytes),
-    })
+    .await;
+    if saved.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    let saved = saved?;
+    std::fs::rename(&tmp, file)
+        .map_err(|source| CtlError::Io { path: file.display().to_string(), source })?;
+    Ok(saved)
 }
 
 /// Rebuilds a member's data dir from a backup file; returns the backup's revision.
 pub fn snapshot_restore(file: &Path, data_dir: &Path) -> Result<i64, CtlError> {
-    let bytes = std::fs::read(file)
-        .map_err(|source| CtlError::Io { path: file.display().to_string(), source })?;
-    Ok(backup::restore_into(data_dir, &bytes)?)
+    Ok(backup::restore_into(data_dir, file)?)
 }
 
 async fn admin(peer: &str, req: AdminRequest) -> Result<Vec<MemberInfo>, CtlError> {

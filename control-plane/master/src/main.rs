@@ -141,11 +141,11 @@ async fn main_inner(cli: Cli) -> Result<()> {
         Command::Snapshot(SnapshotCmd::Save { file, endpoint }) => {
             let s = ctl::snapshot_save(&endpoint, &file).await?;
             println!(
-                "Snapshot saved at {} ({} bytes, revision {}, {} keys, sha256 {})",
+                "Snapshot saved at {} ({} bytes, revision {}, {} key versions, sha256 {})",
                 file.display(),
                 s.bytes,
                 s.revision,
-                s.keys,
+                s.versions,
                 s.sha256
             );
         }

@@ -6,12 +6,16 @@
 //! 512 bytes | SHA-256 of everything before`. The padding mirrors etcd's bolt snapshot (pages
 //! plus a 32-byte hash), which `etcdctl snapshot save` checks for (`size % 512 == 32`).
 
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
 use crate::error::StoreError;
-use crate::mvcc::{Mvcc, MvccDump};
+#[cfg(test)]
+use crate::mvcc::MvccDump;
+use crate::mvcc::{Mvcc, read_dump};
 
 const MAGIC: &[u8] = b"SKIFF-BACKUP-1\n";
 
@@ -49,8 +53,8 @@ pub fn encode(dump: &MvccDump) -> Vec<u8> {
 /// Writes a backup of `mvcc` into the empty `file` (the bytes [`encode`] makes of its dump),
 /// streaming the records instead of holding them: the file is written, its payload length
 /// filled in, then read back once for the hash. Returns the backup's revision.
-pub fn write(mvcc: &Mvcc, file: &mut std::fs::File) -> Result<i64, StoreError> {
-    use std::io::{Read, Seek, SeekFrom, Write};
+pub fn write(mvcc: &Mvcc, file: &mut File) -> Result<i64, StoreError> {
+    use std::io::Write;
     let io = |source| StoreError::Io { path: "backup".into(), source };
     let mut w = std::io::BufWriter::new(&*file);
     w.write_all(MAGIC).map_err(io)?;
@@ -80,45 +84,88 @@ pub fn write(mvcc: &Mvcc, file: &mut std::fs::File) -> Result<i64, StoreError> {
     Ok(dump.revision)
 }
 
-/// Hex SHA-256 of a whole backup file (what `snapshot save` prints).
-pub fn file_hash(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    Sha256::digest(bytes).iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+/// A backup file whose magic header, size and SHA-256 trailer check out. Checking reads the
+/// file once; nothing of it is held in memory.
+pub struct Checked {
+    file: File,
+    payload_len: u64,
+    /// Size of the file.
+    pub bytes: u64,
+    /// Hex SHA-256 of the whole file (what `snapshot save` prints).
+    pub sha256: String,
 }
 
-/// Checks the header and trailer; returns the payload (`bincode(MvccDump)`).
-fn verify(bytes: &[u8]) -> Result<&[u8], BackupError> {
-    if !bytes.starts_with(MAGIC) {
-        return Err(BackupError::BadMagic);
+impl Checked {
+    pub fn open(path: &Path) -> Result<Self, BackupError> {
+        let io = |source| StoreError::Io { path: path.display().to_string(), source };
+        let mut file = File::open(path).map_err(io)?;
+        let bytes = file.metadata().map_err(io)?.len();
+        let mut magic = vec![0; MAGIC.len()];
+        if file.read_exact(&mut magic).is_err() || magic != MAGIC {
+            return Err(BackupError::BadMagic);
+        }
+        let header = (MAGIC.len() + 8) as u64;
+        if bytes < header + 32 || bytes % 512 != 32 {
+            return Err(BackupError::HashMismatch);
+        }
+        file.rewind().map_err(io)?;
+        let (mut body, mut whole) = (Sha256::new(), Sha256::new());
+        let mut buf = vec![0; 1 << 20];
+        let mut left = bytes - 32;
+        while left > 0 {
+            let want = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
+            file.read_exact(&mut buf[..want]).map_err(io)?;
+            body.update(&buf[..want]);
+            whole.update(&buf[..want]);
+            left -= want as u64;
+        }
+        let mut trailer = [0u8; 32];
+        file.read_exact(&mut trailer).map_err(io)?;
+        if body.finalize().as_slice() != trailer {
+            return Err(BackupError::HashMismatch);
+        }
+        whole.update(trailer);
+        file.seek(SeekFrom::Start(MAGIC.len() as u64)).map_err(io)?;
+        let mut len = [0u8; 8];
+        file.read_exact(&mut len).map_err(io)?;
+        let payload_len = u64::from_be_bytes(len);
+        if payload_len > bytes - header - 32 {
+            return Err(BackupError::Decode(format!(
+                "payload length {payload_len} exceeds the file"
+            )));
+        }
+        let sha256 = whole.finalize().iter().fold(String::with_capacity(64), |mut s, b| {
+            use std::fmt::Write;
+            let _ = write!(s, "{b:02x}");
+            s
+        });
+        Ok(Self { file, payload_len, bytes, sha256 })
     }
-    if bytes.len() < MAGIC.len() + 8 + 32 || bytes.len() % 512 != 32 {
-        return Err(BackupError::HashMismatch);
+
+    /// The payload (`bincode(MvccDump)`), from its start.
+    fn payload(&mut self) -> Result<impl Read + '_, BackupError> {
+        let at = (MAGIC.len() + 8) as u64;
+        self.file
+            .seek(SeekFrom::Start(at))
+            .map_err(|source| StoreError::Io { path: "backup".into(), source })?;
+        Ok(BufReader::new(&self.file).take(self.payload_len))
     }
-    let (body, trailer) = bytes.split_at(bytes.len() - 32);
-    if Sha256::digest(body).as_slice() != trailer {
-        return Err(BackupError::HashMismatch);
+
+    /// The backup's revision and how many keys it holds (decodes every record, keeps none).
+    pub fn summary(&mut self) -> Result<(i64, usize), BackupError> {
+        let mut keys = 0;
+        let (revision, _) =
+            read_dump(&mut self.payload()?, |_, r| keys += usize::from(!r.tombstone))
+                .map_err(|e| BackupError::Decode(e.to_string()))?;
+        Ok((revision, keys))
     }
-    let rest = &body[MAGIC.len()..];
-    let len = u64::from_be_bytes(rest[..8].try_into().map_err(|_| BackupError::HashMismatch)?);
-    usize::try_from(len)
-        .ok()
-        .and_then(|n| rest.get(8..8 + n))
-        .ok_or_else(|| BackupError::Decode(format!("payload length {len} exceeds the file")))
 }
 
-/// Checks the header and trailer and decodes the dump.
-pub fn decode(bytes: &[u8]) -> Result<MvccDump, BackupError> {
-    bincode::deserialize(verify(bytes)?).map_err(|e| BackupError::Decode(e.to_string()))
-}
-
-/// Creates a new replica data dir holding the backup's data; the member then starts with
-/// `--initial-cluster` as a new cluster and serves the same keys at the same revisions.
-/// Returns the backup's revision.
-pub fn restore_into(data_dir: &Path, bytes: &[u8]) -> Result<i64, BackupError> {
-    let mut payload = verify(bytes)?;
+/// Creates a new replica data dir holding the data of the backup at `backup`; the member then
+/// starts with `--initial-cluster` as a new cluster and serves the same keys at the same
+/// revisions. Returns the backup's revision.
+pub fn restore_into(data_dir: &Path, backup: &Path) -> Result<i64, BackupError> {
+    let mut checked = Checked::open(backup)?;
     let db_dir = data_dir.join("db");
     if db_dir.exists() {
         return Err(BackupError::NotEmpty(data_dir.display().to_string()));
@@ -127,15 +174,16 @@ pub fn restore_into(data_dir: &Path, bytes: &[u8]) -> Result<i64, BackupError> {
         .map_err(|source| StoreError::Io { path: data_dir.display().to_string(), source })?;
     let restored = (|| {
         let db = crate::db::open(&db_dir)?;
-        let revision = Mvcc::open(db.clone())?.restore_from(&mut payload, Vec::new())?;
-        db.flush_wal(true)?;
-        Ok::<_, StoreError>(revision)
+        let mvcc = Mvcc::open(db.clone())?;
+        let revision = mvcc.restore_from(&mut checked.payload()?, Vec::new())?;
+        db.flush_wal(true).map_err(StoreError::from)?;
+        Ok::<_, BackupError>(revision)
     })();
     if restored.is_err() {
         // A payload that passed the hash yet does not decode: leave no half-made store.
         let _ = std::fs::remove_dir_all(&db_dir);
     }
-    Ok(restored?)
+    restored
 }
 
 #[cfg(test)]
@@ -163,19 +211,29 @@ mod tests {
         }
     }
 
+    fn file_with(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
     #[test]
     fn round_trip_and_corruption_is_refused() {
+        let dir = tempfile::Builder::new().prefix("skiff-test-backup").tempdir().unwrap();
         let bytes = encode(&dump());
         assert_eq!(bytes.len() % 512, 32, "etcdctl's checksum layout");
-        let back = decode(&bytes).unwrap();
-        assert_eq!(back.records, dump().records);
-        assert!(back.applied.is_empty());
+        let mut ok = Checked::open(&file_with(dir.path(), "ok", &bytes)).unwrap();
+        assert_eq!(ok.summary().unwrap(), (3, 1));
+        assert_eq!(ok.bytes, bytes.len() as u64);
+        assert_eq!(ok.sha256, format!("{:x}", Sha256::digest(&bytes)));
         let mut bad = bytes.clone();
         let mid = bad.len() / 2;
         bad[mid] ^= 1;
-        assert!(matches!(decode(&bad), Err(BackupError::HashMismatch)));
-        assert!(matches!(decode(&bytes[..bytes.len() - 5]), Err(BackupError::HashMismatch)));
-        assert!(matches!(decode(b"hello"), Err(BackupError::BadMagic)));
+        let open = |name, b: &[u8]| Checked::open(&file_with(dir.path(), name, b)).map(|_| ());
+        assert!(matches!(open("bad", &bad), Err(BackupError::HashMismatch)));
+        assert!(matches!(open("cut", &bytes[..bytes.len() - 5]), Err(BackupError::HashMismatch)));
+        assert!(matches!(open("hello", b"hello"), Err(BackupError::BadMagic)));
+        assert!(matches!(open("empty", b""), Err(BackupError::BadMagic)));
     }
 
     #[test]
@@ -195,10 +253,11 @@ mod tests {
         let mut file = tempfile::tempfile_in(dir.path()).unwrap();
         assert_eq!(write(&mvcc, &mut file).unwrap(), 301);
         let mut streamed = Vec::new();
-        std::io::Read::read_to_end(&mut file, &mut streamed).unwrap();
+        file.read_to_end(&mut streamed).unwrap();
+        // The in-memory encoding drops the applied state: a backup carries no raft state.
         assert_eq!(streamed, encode(&mvcc.dump().unwrap()));
-        let back = decode(&streamed).unwrap();
-        assert!(back.applied.is_empty(), "a backup carries no raft state");
+        let mut checked = Checked::open(&file_with(dir.path(), "b", &streamed)).unwrap();
+        assert_eq!(checked.summary().unwrap(), (301, 300));
     }
 
     #[test]
@@ -211,19 +270,24 @@ mod tests {
         bytes.resize(bytes.len().div_ceil(512) * 512, 0);
         let hash = Sha256::digest(&bytes);
         bytes.extend_from_slice(&hash);
-        assert!(matches!(restore_into(dir.path(), &bytes), Err(BackupError::Store(_))));
-        assert!(!dir.path().join("db").exists());
+        let garbage = file_with(dir.path(), "garbage", &bytes);
+        assert!(matches!(Checked::open(&garbage).unwrap().summary(), Err(BackupError::Decode(_))));
+        let data = dir.path().join("data");
+        assert!(matches!(restore_into(&data, &garbage), Err(BackupError::Store(_))));
+        assert!(!data.join("db").exists());
         // The dir is usable for a good backup afterwards.
-        assert_eq!(restore_into(dir.path(), &encode(&dump())).unwrap(), 3);
+        let good = file_with(dir.path(), "good", &encode(&dump()));
+        assert_eq!(restore_into(&data, &good).unwrap(), 3);
     }
 
     #[test]
     fn restore_needs_a_fresh_dir_and_keeps_revisions() {
         let dir = tempfile::Builder::new().prefix("skiff-test-backup").tempdir().unwrap();
-        let bytes = encode(&dump());
-        restore_into(dir.path(), &bytes).unwrap();
-        assert!(matches!(restore_into(dir.path(), &bytes), Err(BackupError::NotEmpty(_))));
-        let m = Mvcc::open(crate::db::open(&dir.path().join("db")).unwrap()).unwrap();
+        let good = file_with(dir.path(), "good", &encode(&dump()));
+        let data = dir.path().join("data");
+        restore_into(&data, &good).unwrap();
+        assert!(matches!(restore_into(&data, &good), Err(BackupError::NotEmpty(_))));
+        let m = Mvcc::open(crate::db::open(&data.join("db")).unwrap()).unwrap();
         assert_eq!(m.revision(), 3);
     }
 }

@@ -311,19 +311,30 @@ impl Mvcc {
     /// writes), record by record, with `applied` in place of the dump's own applied state.
     /// Nothing changes unless the whole dump decodes. Returns the dump's revision.
     pub fn restore_from(&self, r: &mut impl Read, applied: Vec<u8>) -> Result<i64, StoreError> {
-        let dec = |source| StoreError::Decode { what: "dump", source };
-        let (revision, compact, count): (i64, i64, u64) =
-            bincode::deserialize_from(&mut *r).map_err(dec)?;
         let mut replacement = Replacement::new(&self.db);
-        for _ in 0..count {
-            let (rev, record): (Rev, Record) = bincode::deserialize_from(&mut *r).map_err(dec)?;
-            replacement.push(rev, &record);
-        }
-        // The dump's own applied state: read so that a cut-off stream is refused.
-        let _: Vec<u8> = bincode::deserialize_from(&mut *r).map_err(dec)?;
+        let (revision, compact) = read_dump(r, |rev, record| replacement.push(rev, &record))?;
         replacement.commit(self, revision, compact, applied)?;
         Ok(revision)
     }
+}
+
+/// Reads a dump in the layout [`Mvcc::dump_into`] writes, handing each record to `each` in
+/// revision order; returns its revision and compacted revision. A stream that is cut off or
+/// does not decode is an error.
+pub fn read_dump(
+    r: &mut impl Read,
+    mut each: impl FnMut(Rev, Record),
+) -> Result<(i64, i64), StoreError> {
+    let dec = |source| StoreError::Decode { what: "dump", source };
+    let (revision, compact, count): (i64, i64, u64) =
+        bincode::deserialize_from(&mut *r).map_err(dec)?;
+    for _ in 0..count {
+        let (rev, record): (Rev, Record) = bincode::deserialize_from(&mut *r).map_err(dec)?;
+        each(rev, record);
+    }
+    // The dump's applied state, which callers replace: read so that a cut-off stream fails.
+    let _: Vec<u8> = bincode::deserialize_from(&mut *r).map_err(dec)?;
+    Ok((revision, compact))
 }
 
 /// What [`Mvcc::dump_into`] wrote.
