@@ -74,6 +74,12 @@ pub struct RunConfig {
     /// log instead of receiving a snapshot (etcd's `--experimental-snapshot-catchup-entries`).
     #[arg(long, env = "SKIFF_SNAPSHOT_CATCHUP_ENTRIES", default_value_t = 1000)]
     pub snapshot_catchup_entries: u64,
+    /// MVCC history to keep (`30s`, `5m`, `1h`; `0` keeps all): the leader compacts to the
+    /// revision that was current this long ago, once per period, as etcd's periodic
+    /// `--auto-compaction-retention` does and as the Kubernetes API server has etcd do every 5m.
+    #[arg(long, env = "SKIFF_AUTO_COMPACTION_RETENTION", default_value = "5m",
+          value_parser = parse_retention)]
+    pub auto_compaction_retention: Duration,
     /// Address of the Kubernetes API (HTTPS); no API server when unset.
     #[arg(long, env = "SKIFF_API_LISTEN")]
     pub api_listen: Option<SocketAddr>,
@@ -173,9 +179,29 @@ impl RunConfig {
                 keep_logs: self.snapshot_catchup_entries,
                 request_timeout: Duration::from_secs(5),
             },
+            auto_compaction: Some(self.auto_compaction_retention).filter(|d| !d.is_zero()),
             net: NetControl::default(),
         })
     }
+}
+
+/// `0`, or a whole number of seconds, minutes or hours: `30s`, `5m`, `1h`.
+fn parse_retention(s: &str) -> Result<Duration, String> {
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let (n, unit) = s.split_at(s.len().saturating_sub(1));
+    let secs_per = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return Err(format!("{s:?}: want 0 or a number with s, m or h (30s, 5m, 1h)")),
+    };
+    let n: u64 = n.parse().map_err(|_| format!("{s:?}: want 0 or a number with s, m or h"))?;
+    if n == 0 {
+        return Err(format!("{s:?}: use 0 to keep all history"));
+    }
+    Ok(Duration::from_secs(n.saturating_mul(secs_per)))
 }
 
 #[cfg(test)]
@@ -189,6 +215,17 @@ mod tests {
         assert_eq!(m[1].peer_url, "http://127.0.0.1:2");
         for bad in ["", "a", "a=127.0.0.1:1", "=http://x", "a=http://x,a=http://y"] {
             assert!(parse_initial_cluster(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn retention_parsing() {
+        assert_eq!(parse_retention("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_retention("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_retention("5m"), Ok(Duration::from_mins(5)));
+        assert_eq!(parse_retention("1h"), Ok(Duration::from_hours(1)));
+        for bad in ["", "5", "m", "0m", "-1m", "1.5h", "5 m", "5d"] {
+            assert!(parse_retention(bad).is_err(), "{bad:?} must be refused");
         }
     }
 }

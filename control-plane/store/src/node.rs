@@ -83,6 +83,11 @@ pub struct StoreConfig {
     /// Join an existing cluster (`member add` first) instead of bootstrapping.
     pub join_existing: bool,
     pub tuning: RaftTuning,
+    /// How much MVCC history to keep: the leader compacts, once per this period, to the
+    /// revision that was current one period before (etcd's periodic auto-compaction; the
+    /// Kubernetes API server has etcd compacted every 5 minutes the same way). `None` keeps
+    /// all history.
+    pub auto_compaction: Option<Duration>,
     /// Links to cut (tests only; empty otherwise).
     pub net: NetControl,
 }
@@ -207,12 +212,15 @@ impl Store {
                 tasks: Mutex::new(Vec::new()),
             }),
         };
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(proposer(Arc::downgrade(&store.inner), wrx)),
             tokio::spawn(read_batcher(Arc::downgrade(&store.inner), rrx)),
             tokio::spawn(watch_metrics(Arc::downgrade(&store.inner))),
             tokio::spawn(publish_self(store.clone())),
         ];
+        if let Some(period) = store.inner.config.auto_compaction {
+            tasks.push(tokio::spawn(compactor(Arc::downgrade(&store.inner), period)));
+        }
         store.inner.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(tasks);
         store.bootstrap().await?;
         Ok(store)
@@ -671,6 +679,32 @@ async fn publish_self(store: Store) {
             tracing::debug!(error = %e, "recording this member's URLs failed; retrying");
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Auto-compaction (see [`StoreConfig::auto_compaction`]). Only the leader compacts; a member
+/// that is not the leader forgets what it saw, so a new leader waits a full period first.
+async fn compactor(inner: std::sync::Weak<Inner>, period: Duration) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen: Option<i64> = None;
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.raft.metrics().borrow().current_leader != Some(inner.id) {
+            seen = None;
+            continue;
+        }
+        if let Some(rev) = seen.filter(|r| *r > inner.mvcc.compact_revision()) {
+            let store = Store { inner: inner.clone() };
+            match store.write(WriteOp::Compact(rev)).await {
+                Ok(WriteResult::Error(e)) | Err(e) => {
+                    tracing::warn!(revision = rev, error = %e, "auto-compaction failed");
+                }
+                Ok(_) => tracing::info!(revision = rev, "auto-compacted history"),
+            }
+        }
+        seen = Some(inner.mvcc.revision());
     }
 }
 

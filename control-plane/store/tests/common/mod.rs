@@ -38,6 +38,7 @@ impl Node {
             initial_cluster: initial_cluster.to_vec(),
             join_existing,
             tuning,
+            auto_compaction: None,
             net: net.clone(),
         })
         .await?;
