@@ -722,20 +722,18 @@ impl pb::maintenance_server::Maintenance for EtcdService {
         let mvcc = self.store.mvcc().clone();
         let dir = self.store.config().data_dir.clone();
         let internal = |e: &dyn std::fmt::Display| Status::internal(e.to_string());
-        // The backup goes through a file (on the data dir's disk, unlinked at once), so a large
-        // store is never held in memory and the dump does not hold up a runtime worker.
+        // The backup goes through a file without a name (O_TMPFILE) on the data dir's disk, so
+        // a large store is never held in memory, the dump does not hold up a runtime worker and
+        // nothing is left behind, whatever happens.
         let (file, revision) = tokio::task::spawn_blocking(move || {
-            static BACKUPS: AtomicI64 = AtomicI64::new(0);
-            let n = BACKUPS.fetch_add(1, Ordering::Relaxed);
-            let path = dir.join(format!("backup-{}-{n}.part", std::process::id()));
+            use std::os::unix::fs::OpenOptionsExt;
             let mut file = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&path)
-                .map_err(|source| StoreError::Io { path: path.display().to_string(), source })?;
-            let _ = std::fs::remove_file(&path);
+                .mode(0o600)
+                .custom_flags(libc::O_TMPFILE)
+                .open(&dir)
+                .map_err(|source| StoreError::Io { path: dir.display().to_string(), source })?;
             let revision = crate::backup::write(&mvcc, &mut file)?;
             Ok::<_, StoreError>((file, revision))
         })
