@@ -179,6 +179,8 @@ async fn wait_writable(endpoints: &[String]) -> Result<()> {
 }
 
 struct PhaseResult {
+    /// Latencies of the completed ops, sorted.
+    latencies: Vec<Duration>,
     ops: u64,
     /// CPU seconds the members used during the phase.
     cpu_seconds: f64,
@@ -191,6 +193,24 @@ struct PhaseResult {
 }
 
 impl PhaseResult {
+    /// One result for several runs of the same phase: ops, time and CPU add up, percentiles
+    /// come from all latencies together.
+    fn pooled(runs: &[PhaseResult]) -> PhaseResult {
+        let mut latencies: Vec<Duration> =
+            runs.iter().flat_map(|r| r.latencies.iter().copied()).collect();
+        latencies.sort_unstable();
+        PhaseResult {
+            ops: runs.iter().map(|r| r.ops).sum(),
+            cpu_seconds: runs.iter().map(|r| r.cpu_seconds).sum(),
+            client_cpu_seconds: runs.iter().map(|r| r.client_cpu_seconds).sum(),
+            errors: runs.iter().map(|r| r.errors).sum(),
+            seconds: runs.iter().map(|r| r.seconds).sum(),
+            p50_ms: percentile(&latencies, 0.5),
+            p99_ms: percentile(&latencies, 0.99),
+            latencies,
+        }
+    }
+
     fn rate(&self) -> f64 {
         self.ops as f64 / self.seconds
     }
@@ -285,6 +305,7 @@ where
         seconds,
         p50_ms: percentile(&all, 0.5),
         p99_ms: percentile(&all, 0.99),
+        latencies: all,
     }
 }
 
@@ -391,56 +412,118 @@ fn futures_lite(
     S(rx)
 }
 
-async fn run_system(
-    name: &str,
-    endpoints: &[String],
-    pids: &[u32],
-    dirs: &[PathBuf],
+/// A cluster under test.
+struct System {
+    name: &'static str,
+    pids: Vec<u32>,
+    dirs: Vec<PathBuf>,
+    chans: Vec<Channel>,
+}
+
+impl System {
+    async fn connect(
+        name: &'static str,
+        endpoints: &[String],
+        pids: Vec<u32>,
+        dirs: Vec<PathBuf>,
+    ) -> Result<Self> {
+        wait_writable(endpoints).await?;
+        let chans = channels(endpoints, 4).await?;
+        Ok(Self { name, pids, dirs, chans })
+    }
+
+    async fn fill(&self, scale: &Scale) -> (PhaseResult, u64) {
+        eprintln!("[{}] filling {} writes at 64 clients", self.name, scale.fill_writes);
+        let fill = drive(
+            &self.chans,
+            &self.pids,
+            64,
+            Duration::from_hours(1),
+            Some(scale.fill_writes),
+            put_op,
+        )
+        .await;
+        (fill, self.dirs.iter().map(|d| du(d)).sum())
+    }
+}
+
+/// Runs one phase on every system: with two systems in the order A B B A, so a machine that
+/// speeds up or slows down during the run weighs on both alike; each system's two runs are
+/// pooled.
+async fn interleaved<F, Fut>(
+    systems: &[System],
+    clients: usize,
+    duration: Duration,
+    op: F,
+) -> Vec<PhaseResult>
+where
+    F: Fn(KvClient<Channel>, u64) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    let order: Vec<usize> = if systems.len() == 2 { vec![0, 1, 1, 0] } else { vec![0] };
+    let mut runs: Vec<Vec<PhaseResult>> = systems.iter().map(|_| Vec::new()).collect();
+    for i in order {
+        let s = &systems[i];
+        runs[i].push(drive(&s.chans, &s.pids, clients, duration, None, op.clone()).await);
+    }
+    runs.iter().map(|r| PhaseResult::pooled(r)).collect()
+}
+
+/// Every phase on `systems` (etcd and Skiff, or Skiff alone); one JSON result per system.
+async fn run_systems(
+    systems: &[System],
     scale: &Scale,
     client_counts: &[usize],
-) -> Result<serde_json::Value> {
-    wait_writable(endpoints).await?;
-    let chans = channels(endpoints, 4).await?;
-    eprintln!("[{name}] filling {} writes at 64 clients", scale.fill_writes);
-    let fill =
-        drive(&chans, pids, 64, Duration::from_hours(1), Some(scale.fill_writes), put_op).await;
-    let disk: u64 = dirs.iter().map(|d| du(d)).sum();
-    let mut writes = serde_json::Map::new();
+) -> Result<Vec<serde_json::Value>> {
+    let mut fills = Vec::new();
+    for s in systems {
+        fills.push(s.fill(scale).await);
+    }
+    let mut writes: Vec<serde_json::Map<String, serde_json::Value>> =
+        systems.iter().map(|_| serde_json::Map::new()).collect();
     for &clients in client_counts {
-        let r = drive(&chans, pids, clients, scale.phase, None, put_op).await;
-        eprintln!(
-            "[{name}] puts, {clients} clients: {:.0}/s p50 {:.2} ms p99 {:.2} ms ({} errors), \
-             CPU ms/put: members {:.3}, client {:.3}",
-            r.rate(),
-            r.p50_ms,
-            r.p99_ms,
-            r.errors,
-            r.cpu_ms_per_op(),
-            r.client_cpu_ms_per_op()
-        );
-        writes.insert(clients.to_string(), r.json());
+        let results = interleaved(systems, clients, scale.phase, put_op).await;
+        for ((s, r), w) in systems.iter().zip(results).zip(&mut writes) {
+            eprintln!(
+                "[{}] puts, {clients} clients: {:.0}/s p50 {:.2} ms p99 {:.2} ms ({} errors), \
+                 CPU ms/put: members {:.3}, client {:.3}",
+                s.name,
+                r.rate(),
+                r.p50_ms,
+                r.p99_ms,
+                r.errors,
+                r.cpu_ms_per_op(),
+                r.client_cpu_ms_per_op()
+            );
+            w.insert(clients.to_string(), r.json());
+        }
     }
     if client_counts != ALL_CLIENTS {
         // A profiling run of chosen write phases only.
-        return Ok(json!({"writes": writes}));
+        return Ok(writes.into_iter().map(|w| json!({"writes": w})).collect());
     }
-    let reads = drive(&chans, pids, 64, scale.phase, None, get_op).await;
-    eprintln!(
-        "[{name}] linearizable gets, 64 clients: {:.0}/s p99 {:.2} ms",
-        reads.rate(),
-        reads.p99_ms
-    );
-    let (w50, w99) = watch_latency(&chans, scale.watch_events).await?;
-    eprintln!("[{name}] watch latency p50 {w50:.2} ms p99 {w99:.2} ms");
-    let rss: u64 = pids.iter().map(|p| rss_bytes(*p)).sum();
-    Ok(json!({
-        "fill": fill.json(),
-        "disk_bytes_after_fill": disk,
-        "writes": writes,
-        "linearizable_reads_64": reads.json(),
-        "watch_latency_ms": {"p50": w50, "p99": w99},
-        "rss_bytes_total": rss,
-    }))
+    let reads = interleaved(systems, 64, scale.phase, get_op).await;
+    let mut out = Vec::new();
+    for (((s, (fill, disk)), writes), reads) in systems.iter().zip(fills).zip(writes).zip(reads) {
+        eprintln!(
+            "[{}] linearizable gets, 64 clients: {:.0}/s p99 {:.2} ms",
+            s.name,
+            reads.rate(),
+            reads.p99_ms
+        );
+        let (w50, w99) = watch_latency(&s.chans, scale.watch_events).await?;
+        eprintln!("[{}] watch latency p50 {w50:.2} ms p99 {w99:.2} ms", s.name);
+        let rss: u64 = s.pids.iter().map(|p| rss_bytes(*p)).sum();
+        out.push(json!({
+            "fill": fill.json(),
+            "disk_bytes_after_fill": disk,
+            "writes": writes,
+            "linearizable_reads_64": reads.json(),
+            "watch_latency_ms": {"p50": w50, "p99": w99},
+            "rss_bytes_total": rss,
+        }));
+    }
+    Ok(out)
 }
 
 fn loadavg() -> String {
@@ -467,8 +550,12 @@ fn report(etcd: &serde_json::Value, skiff: &serde_json::Value, meta: &serde_json
         md,
         "Produced by `cargo xtask bench store` ({}). Same machine, same run, same client (a tonic etcd v3 client, \
 round-robin over the 3 members' client URLs, 4 HTTP/2 connections per member); both clusters have 3 members on loopback and fsync \
-before acknowledging. Puts write 256-byte values to random keys among {KEY_SPACE}.\n",
-        meta["scale"].as_str().unwrap_or("")
+before acknowledging. Puts write 256-byte values to random keys among {KEY_SPACE}. Both clusters run for the whole \
+benchmark and every write and read phase runs {} s twice per system, in the order etcd, Skiff, Skiff, etcd, so that \
+the machine's drift during a run weighs on both alike; each figure pools a system's two runs (ops and CPU added up, \
+percentiles over all latencies).\n",
+        meta["scale"].as_str().unwrap_or(""),
+        meta["phase_seconds"]
     );
     let _ = writeln!(
         md,
@@ -679,24 +766,28 @@ async fn main() -> Result<()> {
 
     // `--skiff-only` skips the anchor (for profiling runs; no report is written then).
     let profiling = skiff_only || client_counts != ALL_CLIENTS;
-    let etcd_result = if skiff_only {
-        serde_json::Value::Null
+    // Both clusters run for the whole benchmark, so their phases can interleave.
+    let etcd = if skiff_only {
+        None
     } else {
         eprintln!("starting etcd 3.4 (3 members)");
-        let etcd = Etcd::start(&base.join("etcd"))?;
-        let pids: Vec<u32> = etcd.children.iter().map(Child::id).collect();
-        let dirs: Vec<PathBuf> = (0..3).map(|i| etcd.dir.join(format!("e{i}"))).collect();
-        run_system("etcd", &etcd.clients, &pids, &dirs, &scale, &client_counts).await?
+        Some(Etcd::start(&base.join("etcd"))?)
     };
-
     eprintln!("starting Skiff ({members} members)");
     let masters = Masters::start(&format!("{tag}-bench"), members)?;
+    let mut systems = Vec::new();
+    if let Some(etcd) = &etcd {
+        let pids: Vec<u32> = etcd.children.iter().map(Child::id).collect();
+        let dirs: Vec<PathBuf> = (0..3).map(|i| etcd.dir.join(format!("e{i}"))).collect();
+        systems.push(System::connect("etcd", &etcd.clients, pids, dirs).await?);
+    }
     let endpoints: Vec<String> =
         masters.specs.iter().map(skiff_e2e::masters::MemberSpec::client_url).collect();
-    let pids = masters.pids();
     let dirs: Vec<PathBuf> = masters.specs.iter().map(|s| s.data_dir.clone()).collect();
-    let skiff_result =
-        run_system("skiff", &endpoints, &pids, &dirs, &scale, &client_counts).await?;
+    systems.push(System::connect("skiff", &endpoints, masters.pids(), dirs).await?);
+    let mut results = run_systems(&systems, &scale, &client_counts).await?;
+    let skiff_result = results.pop().expect("Skiff's result");
+    let etcd_result = results.pop().unwrap_or(serde_json::Value::Null);
     if profiling {
         for s in &masters.specs {
             if let Ok((_, body)) = skiff_e2e::masters::http_get(s.metrics_port, "/metrics") {
