@@ -69,19 +69,25 @@ pub fn write(mvcc: &Mvcc, file: &mut File) -> Result<i64, StoreError> {
     w.write_all(&vec![0; usize::try_from(padding).unwrap_or(0)]).map_err(io)?;
     w.flush().map_err(io)?;
     drop(w);
-    file.rewind().map_err(io)?;
-    let mut hash = Sha256::new();
-    let mut buf = vec![0; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(io)?;
-        if n == 0 {
-            break;
-        }
-        hash.update(&buf[..n]);
-    }
+    let hash = sha256_of(file, end + padding).map_err(io)?;
     file.write_all(&hash.finalize()).map_err(io)?;
     file.rewind().map_err(io)?;
     Ok(dump.revision)
+}
+
+/// SHA-256 of the first `len` bytes of `file`, read once from its start.
+fn sha256_of(file: &mut File, len: u64) -> std::io::Result<Sha256> {
+    file.rewind()?;
+    let mut hash = Sha256::new();
+    let mut buf = vec![0; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let want = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
+        file.read_exact(&mut buf[..want])?;
+        hash.update(&buf[..want]);
+        left -= want as u64;
+    }
+    Ok(hash)
 }
 
 /// A backup file whose magic header, size and SHA-256 trailer check out. Checking reads the
@@ -108,23 +114,14 @@ impl Checked {
         if bytes < header + 32 || bytes % 512 != 32 {
             return Err(BackupError::HashMismatch);
         }
-        file.rewind().map_err(io)?;
-        let (mut body, mut whole) = (Sha256::new(), Sha256::new());
-        let mut buf = vec![0; 1 << 20];
-        let mut left = bytes - 32;
-        while left > 0 {
-            let want = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
-            file.read_exact(&mut buf[..want]).map_err(io)?;
-            body.update(&buf[..want]);
-            whole.update(&buf[..want]);
-            left -= want as u64;
-        }
+        let body = sha256_of(&mut file, bytes - 32).map_err(io)?;
         let mut trailer = [0u8; 32];
         file.read_exact(&mut trailer).map_err(io)?;
+        let mut whole = body.clone();
+        whole.update(trailer);
         if body.finalize().as_slice() != trailer {
             return Err(BackupError::HashMismatch);
         }
-        whole.update(trailer);
         file.seek(SeekFrom::Start(MAGIC.len() as u64)).map_err(io)?;
         let mut len = [0u8; 8];
         file.read_exact(&mut len).map_err(io)?;
@@ -151,13 +148,15 @@ impl Checked {
         Ok(BufReader::new(&self.file).take(self.payload_len))
     }
 
-    /// The backup's revision and how many keys it holds (decodes every record, keeps none).
+    /// The backup's revision and how many key versions it holds, deletions not counted
+    /// (etcd's `snapshot status` counts its stored revisions the same way). Decodes every
+    /// record and keeps none.
     pub fn summary(&mut self) -> Result<(i64, usize), BackupError> {
-        let mut keys = 0;
+        let mut versions = 0;
         let (revision, _) =
-            read_dump(&mut self.payload()?, |_, r| keys += usize::from(!r.tombstone))
+            read_dump(&mut self.payload()?, |_, r| versions += usize::from(!r.tombstone))
                 .map_err(|e| BackupError::Decode(e.to_string()))?;
-        Ok((revision, keys))
+        Ok((revision, versions))
     }
 }
 

@@ -300,20 +300,20 @@ impl Mvcc {
     /// [`Mvcc::restore_from`]).
     #[cfg(test)]
     pub fn restore(&self, dump: &MvccDump) -> Result<(), StoreError> {
-        let mut r = Replacement::new(&self.db);
+        let mut r = Replacement::new(self);
         for (rev, record) in &dump.records {
             r.push(*rev, record);
         }
-        r.commit(self, dump.revision, dump.compact_revision, dump.applied.clone())
+        r.commit(dump.revision, dump.compact_revision, dump.applied.clone())
     }
 
     /// Replaces all MVCC data with a dump read from `r` (the layout [`Mvcc::dump_into`]
     /// writes), record by record, with `applied` in place of the dump's own applied state.
     /// Nothing changes unless the whole dump decodes. Returns the dump's revision.
     pub fn restore_from(&self, r: &mut impl Read, applied: Vec<u8>) -> Result<i64, StoreError> {
-        let mut replacement = Replacement::new(&self.db);
+        let mut replacement = Replacement::new(self);
         let (revision, compact) = read_dump(r, |rev, record| replacement.push(rev, &record))?;
-        replacement.commit(self, revision, compact, applied)?;
+        replacement.commit(revision, compact, applied)?;
         Ok(revision)
     }
 }
@@ -349,38 +349,32 @@ pub struct DumpSummary {
 /// All MVCC data being replaced (snapshot install, backup restore): one atomic RocksDB batch
 /// and the key index that goes with it.
 struct Replacement<'a> {
-    db: &'a DB,
+    mvcc: &'a Mvcc,
     batch: WriteBatch,
     index: KeyIndex,
 }
 
 impl<'a> Replacement<'a> {
-    fn new(db: &'a DB) -> Self {
+    fn new(mvcc: &'a Mvcc) -> Self {
         let mut batch = WriteBatch::default();
         // Revisions are positive, so every record key sorts inside [0x00.., 0xff..).
-        batch.delete_range_cf(cf(db, CF_KV), [0u8; 16], [0xffu8; 16]);
-        Self { db, batch, index: KeyIndex::default() }
+        batch.delete_range_cf(cf(&mvcc.db, CF_KV), [0u8; 16], [0xffu8; 16]);
+        Self { mvcc, batch, index: KeyIndex::default() }
     }
 
     fn push(&mut self, rev: Rev, r: &Record) {
-        self.batch.put_cf(cf(self.db, CF_KV), rev.to_bytes(), encode(r));
+        self.batch.put_cf(cf(&self.mvcc.db, CF_KV), rev.to_bytes(), encode(r));
         self.index.push(&r.key, Change::of(rev, r));
     }
 
     /// Writes the batch and swaps the state in; readers wait only for this part.
-    fn commit(
-        mut self,
-        mvcc: &Mvcc,
-        revision: i64,
-        compact: i64,
-        applied: Vec<u8>,
-    ) -> Result<(), StoreError> {
-        let meta = cf(self.db, CF_META);
+    fn commit(mut self, revision: i64, compact: i64, applied: Vec<u8>) -> Result<(), StoreError> {
+        let meta = cf(&self.mvcc.db, CF_META);
         self.batch.put_cf(meta, META_REV, revision.to_be_bytes());
         self.batch.put_cf(meta, META_COMPACT, compact.to_be_bytes());
         self.batch.put_cf(meta, META_APPLIED, &applied);
-        let mut st = mvcc.state.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.db.write(self.batch)?;
+        let mut st = self.mvcc.state.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.mvcc.db.write(self.batch)?;
         *st = State { index: self.index, rev: revision.max(1), compact, applied };
         Ok(())
     }
