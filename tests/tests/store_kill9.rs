@@ -39,16 +39,17 @@ async fn writer(w: usize, urls: Vec<String>, acked: Acked, stop: Arc<AtomicBool>
     }
 }
 
-async fn status(url: &str) -> anyhow::Result<(u64, u64, i64)> {
+/// Member id, leader id, revision and raft index of the member at `url`.
+async fn status(url: &str) -> anyhow::Result<(u64, u64, i64, u64)> {
     let mut c = MaintenanceClient::connect(url.to_string()).await?;
     let s = c.status(StatusRequest {}).await?.into_inner();
     let h = s.header.unwrap_or_default();
-    Ok((h.member_id, s.leader, h.revision))
+    Ok((h.member_id, s.leader, h.revision, s.raft_index))
 }
 
 async fn leader_index(m: &Masters) -> Option<usize> {
     for (i, s) in m.specs.iter().enumerate() {
-        if let Ok(Ok((me, leader, _))) =
+        if let Ok(Ok((me, leader, ..))) =
             tokio::time::timeout(Duration::from_secs(2), status(&s.client_url())).await
             && me == leader
         {
@@ -82,6 +83,27 @@ fn snapshots_built(m: &Masters, i: usize) -> usize {
         .count()
 }
 
+/// The highest raft log index member `i` has purged up to, from its log.
+fn purged_upto(m: &Masters, i: usize) -> u64 {
+    std::fs::read_to_string(m.dir.join(format!("m{i}.log")))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split("purged raft log up to ").nth(1)?.trim().parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Waits until each of `members` has purged its raft log up to `index`. A leader postpones a
+/// purge while a replication request (to the killed member, say) covers the entries.
+fn until_purged(m: &Masters, members: &[usize], index: u64) {
+    tokio::task::block_in_place(|| {
+        wait::until("live members purge their logs", Duration::from_mins(1), || {
+            Ok(members.iter().all(|i| purged_upto(m, *i) >= index))
+        })
+    })
+    .expect("members purge their logs past the killed member's");
+}
+
 /// Waits until each of `members` has built `more` snapshots beyond `since` (its count then).
 fn until_snapshots(m: &Masters, members: &[usize], since: &[usize], more: usize) {
     tokio::task::block_in_place(|| {
@@ -96,7 +118,7 @@ fn until_snapshots(m: &Masters, members: &[usize], since: &[usize], more: usize)
 async fn acknowledged_writes_survive_kill_9_of_members() {
     let tag = unique_tag();
     // Snapshots every 10 entries, keeping 5 behind them: members build snapshots while they
-    // are killed, and a restarted member is usually too far behind for the leader's log, so it
+    // are killed, and a restarted member is too far behind for the leader's log, so it
     // receives a snapshot.
     let flags = ["--snapshot-count", "10", "--snapshot-catchup-entries", "5"];
     let mut masters =
@@ -119,12 +141,20 @@ async fn acknowledged_writes_survive_kill_9_of_members() {
         };
         let built: Vec<usize> = (0..3).map(|i| snapshots_built(&masters, i)).collect();
         masters.kill9(victim);
-        // Two members keep accepting writes, and snapshot twice: the second snapshot is at
-        // least 10 entries past the victim's log, so the leader purges past it (keeping 5) and
-        // the victim has to receive a snapshot when it is back.
-        until_more(&acked, 40).await;
+        // Two members keep accepting writes, and snapshot twice; once they have purged their
+        // logs past every entry the victim can hold (the live members' index when it died,
+        // plus entries that were in flight), it has to receive a snapshot when it is back.
         let live: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
+        let mut index = 0;
+        for i in &live {
+            if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(2), status(&urls[*i])).await
+            {
+                index = index.max(s.3);
+            }
+        }
+        until_more(&acked, 40).await;
         until_snapshots(&masters, &live, &built, 2);
+        until_purged(&masters, &live, index + 20);
         masters.restart(victim).expect("restart");
         tokio::task::block_in_place(|| masters.wait_ready()).expect("members ready after restart");
     }

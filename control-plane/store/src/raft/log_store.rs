@@ -251,6 +251,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.put_meta_synced(KEY_PURGED, &log_id)?;
         self.db
             .delete_range_cf(cf(&self.db, CF_LOG), index_key(0), index_key(log_id.index + 1))
-            .map_err(write_err)
+            .map_err(write_err)?;
+        tracing::info!("purged raft log up to {}", log_id.index);
+        Ok(())
     }
 }
