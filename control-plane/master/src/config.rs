@@ -8,6 +8,7 @@ use std::time::Duration;
 use skiff_store::StoreConfig;
 use skiff_store::node::RaftTuning;
 use skiff_store::raft::Member;
+use skiff_store::raft::log_store::SyncControl;
 use skiff_store::raft::network::NetControl;
 
 /// A bad flag value.
@@ -181,6 +182,7 @@ impl RunConfig {
             },
             auto_compaction: Some(self.auto_compaction_retention).filter(|d| !d.is_zero()),
             net: NetControl::default(),
+            sync: SyncControl::default(),
         })
     }
 }

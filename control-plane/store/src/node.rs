@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use crate::error::{KvError, StoreError};
 use crate::metrics::Metrics;
 use crate::mvcc::Mvcc;
-use crate::raft::log_store::LogStore;
+use crate::raft::log_store::{Durable, LogStore, SyncControl};
 use crate::raft::network::{Method, NetControl, Network, PeerError, Peers};
 use crate::raft::state_machine::StateMachine;
 use crate::raft::{Member, Proposal, ProposalResult, Raft, member_id};
@@ -90,6 +90,8 @@ pub struct StoreConfig {
     pub auto_compaction: Option<Duration>,
     /// Links to cut (tests only; empty otherwise).
     pub net: NetControl,
+    /// Holds WAL syncs (tests only).
+    pub sync: SyncControl,
 }
 
 /// A cluster member as reported by `member list`.
@@ -169,10 +171,18 @@ impl Store {
         let metrics = Metrics::new();
         let mvcc = Arc::new(Mvcc::open(db.clone())?);
         let hub = WatchHub::new(mvcc.clone());
-        let log = LogStore::new(db.clone(), metrics.clone());
-        let sm =
-            StateMachine::new(mvcc.clone(), hub.clone(), metrics.clone(), config.data_dir.clone())
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let id = member_id(&config.name);
+        let log = LogStore::new(db.clone(), metrics.clone(), id, config.sync.clone())
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let durable = log.durable();
+        let sm = StateMachine::new(
+            mvcc.clone(),
+            hub.clone(),
+            metrics.clone(),
+            config.data_dir.clone(),
+            durable.clone(),
+        )
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let peers = Peers::new(config.net.clone());
         let t = &config.tuning;
         let raft_config = Config {
@@ -192,8 +202,8 @@ impl Store {
         }
         .validate()
         .map_err(|e| StoreError::Corrupt(format!("raft config: {e}")))?;
-        let id = member_id(&config.name);
-        let raft = Raft::new(id, Arc::new(raft_config), Network { peers: peers.clone() }, log, sm)
+        let network = Network { peers: peers.clone(), durable: durable.clone() };
+        let raft = Raft::new(id, Arc::new(raft_config), network, log, sm)
             .await
             .map_err(|e| StoreError::Corrupt(format!("starting raft: {e}")))?;
         let (wtx, wrx) = mpsc::channel(PROPOSAL_QUEUE);
@@ -217,6 +227,7 @@ impl Store {
             tokio::spawn(read_batcher(Arc::downgrade(&store.inner), rrx)),
             tokio::spawn(watch_metrics(Arc::downgrade(&store.inner))),
             tokio::spawn(publish_self(store.clone())),
+            tokio::spawn(resend_capped_commits(Arc::downgrade(&store.inner), durable)),
         ];
         if let Some(period) = store.inner.config.auto_compaction {
             tasks.push(tokio::spawn(compactor(Arc::downgrade(&store.inner), period)));
@@ -630,6 +641,21 @@ async fn proposer(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<PendingW
                 }
             }
         });
+    }
+}
+
+/// Followers learn a commit index only once it is on the leader's disk (see `log_store`). When
+/// one was held back and no later entry will carry it, this sends it as soon as the leader's
+/// sync catches up, instead of with the next periodic heartbeat.
+async fn resend_capped_commits(inner: std::sync::Weak<Inner>, durable: Durable) {
+    let mut marks = durable.subscribe();
+    while marks.changed().await.is_ok() {
+        if durable.take_capped_when_idle() {
+            let Some(inner) = inner.upgrade() else { return };
+            if inner.raft.trigger().heartbeat().await.is_err() {
+                return;
+            }
+        }
     }
 }
 

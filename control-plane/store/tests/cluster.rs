@@ -252,3 +252,57 @@ async fn garbage_on_the_peer_port_gets_errors_and_changes_nothing() -> anyhow::R
     c.shutdown().await;
     Ok(())
 }
+
+/// The leader acknowledges its own log appends to openraft before its WAL sync, so that
+/// replication does not wait for its disk; openraft then counts the leader's copy towards a
+/// commit early. Nothing may act on such a commit until the leader's sync is done: no member
+/// applies the entry and the write is not acknowledged, though both followers hold it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nothing_is_applied_beyond_the_leaders_synced_log() -> anyhow::Result<()> {
+    let mut c = Cluster::start(3, tuning()).await?;
+    let l = c.leader(&[0, 1, 2]).await?;
+    put(c.node(l), "/d/before", "1").await?;
+    let leader = c.node(l).clone();
+    let before = leader.raft().metrics().borrow().last_log_index.unwrap_or(0);
+    let sync = c.nodes[l].as_ref().expect("leader runs").sync.clone();
+    sync.hold();
+    let write = tokio::spawn({
+        let leader = leader.clone();
+        async move { put(&leader, "/d/held", "x").await }
+    });
+    // Replication does not wait for the leader's disk: both followers report the entry
+    // appended (and synced) to the leader.
+    let metrics = leader.raft().metrics();
+    until("both followers hold the entry", Duration::from_secs(10), || {
+        let m = metrics.borrow();
+        m.replication.as_ref().is_some_and(|r| {
+            r.iter().filter(|(id, _)| **id != leader.id()).count() == 2
+                && r.iter().all(|(_, matched)| matched.is_some_and(|m| m.index > before))
+        })
+    })
+    .await?;
+    let entry = before + 1;
+    // Two heartbeat rounds: had the followers been sent the commit, they would have applied.
+    for _ in 0..2 {
+        leader.raft().get_read_log_id().await?;
+    }
+    for i in 0..3 {
+        let applied = c.node(i).raft().metrics().borrow().last_applied.map_or(0, |a| a.index);
+        assert!(applied < entry, "member {i} applied {applied} before the leader synced {entry}");
+        assert_eq!(get(c.node(i), "/d/held", false).await?, None, "member {i}");
+    }
+    assert!(!write.is_finished(), "write acknowledged before the leader's sync");
+
+    sync.release();
+    let rev = write.await??;
+    for i in 0..3 {
+        let s = c.node(i).clone();
+        until("every member applies the write", Duration::from_secs(10), || {
+            s.mvcc().revision() >= rev
+        })
+        .await?;
+        assert_eq!(get(c.node(i), "/d/held", false).await?, Some(b"x".to_vec()));
+    }
+    c.shutdown().await;
+    Ok(())
+}

@@ -1,18 +1,29 @@
 //! The raft log on RocksDB. Appends are written to RocksDB at once (so replication can read
-//! them) and acknowledged to openraft only after a WAL sync: a dedicated syncer thread syncs
-//! once for every append that arrived while the previous sync ran (group commit), so many
-//! client batches share one fsync without delaying the raft core.
+//! them) and made durable by a dedicated syncer thread, which syncs once for every append that
+//! arrived while the previous sync ran (group commit), so many client batches share one fsync.
+//!
+//! A follower's append is acknowledged to openraft only after that sync: its reply to the
+//! leader promises the entries are on disk. The leader's own appends are acknowledged at once
+//! and synced in parallel with replication (Raft dissertation, 10.2.1): openraft 0.9 blocks
+//! its core until an append is acknowledged, so waiting for the leader's sync there delayed
+//! sending the entries to followers by a whole sync. openraft then counts the leader's copy
+//! towards a commit before it is durable, so nothing may act on that commit until the leader's
+//! sync has caught up: the [`Durable`] mark gates the state machine's apply and caps the commit
+//! index sent to followers. A commit acts on is then on a majority's disks: on the
+//! leader's, and on the followers whose acknowledgements made it.
 
 #![expect(clippy::result_large_err, reason = "openraft's StorageError is what the traits return")]
 
 use std::fmt::Debug;
 use std::ops::RangeBounds;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogReader, StorageIOError, Vote};
 use rocksdb::{DB, Direction, IteratorMode, WriteBatch, WriteOptions};
+use tokio::sync::watch;
 
 use super::{LogId, StorageError, TypeConfig, encode};
 use crate::db::{CF_LOG, CF_RAFT, cf};
@@ -36,21 +47,170 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::write_logs(&e).into()
 }
 
-/// Callbacks waiting for the next WAL sync.
+/// How far this replica's log is on disk: every entry up to `upto` (inclusive) is synced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DurableMark {
+    pub upto: Option<LogId>,
+    /// Set when a sync failed: entries the leader acknowledged early may never be durable.
+    pub failed: Option<String>,
+}
+
+/// The [`DurableMark`], shared by the log store (which moves it), the state machine (which
+/// applies nothing beyond it) and the transport (which sends followers no commit beyond it).
+#[derive(Clone)]
+pub struct Durable {
+    mark: watch::Sender<DurableMark>,
+    /// Set when a commit index sent to a follower was capped: followers then need another
+    /// message once the mark moves (see [`Durable::take_capped_when_idle`]).
+    capped: Arc<AtomicBool>,
+    /// The index of the last entry written to the log (synced or not).
+    written: Arc<AtomicU64>,
+}
+
+impl Durable {
+    fn new(upto: Option<LogId>) -> Self {
+        Self {
+            mark: watch::Sender::new(DurableMark { upto, failed: None }),
+            capped: Arc::default(),
+            written: Arc::default(),
+        }
+    }
+
+    pub fn get(&self) -> DurableMark {
+        self.mark.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<DurableMark> {
+        self.mark.subscribe()
+    }
+
+    /// Waits until the entry at `index` is on disk here.
+    pub async fn wait_for(&self, index: u64) -> Result<(), StorageError> {
+        let mut rx = self.mark.subscribe();
+        let m = rx
+            .wait_for(|m| m.failed.is_some() || m.upto.is_some_and(|u| u.index >= index))
+            .await
+            .map_err(|_| write_err(std::io::Error::other("log store closed")))?;
+        match &m.failed {
+            Some(e) => Err(write_err(std::io::Error::other(e.clone()))),
+            None => Ok(()),
+        }
+    }
+
+    /// `committed` capped to what is on disk here: the commit index a follower may act on.
+    pub fn cap_commit(&self, committed: Option<LogId>) -> Option<LogId> {
+        let upto = self.mark.borrow().upto;
+        match (committed, upto) {
+            (Some(c), Some(u)) if c.index > u.index => {
+                self.capped.store(true, Ordering::Relaxed);
+                Some(u)
+            }
+            (Some(_), None) => {
+                self.capped.store(true, Ordering::Relaxed);
+                None
+            }
+            (c, _) => c,
+        }
+    }
+
+    /// Whether a commit index was capped and the mark has since caught up with every entry
+    /// written: followers then need a message carrying the commit. While entries are still
+    /// being synced, the ones after them will carry it (a heartbeat would take their place in
+    /// openraft's one-request-at-a-time replication).
+    pub fn take_capped_when_idle(&self) -> bool {
+        let synced = self.mark.borrow().upto.map_or(0, |u| u.index);
+        synced >= self.written.load(Ordering::Relaxed) && self.capped.swap(false, Ordering::Relaxed)
+    }
+
+    fn set_written(&self, last: Option<LogId>) {
+        self.written.store(last.map_or(0, |l| l.index), Ordering::Relaxed);
+    }
+
+    fn advance(&self, to: Option<LogId>) {
+        self.mark.send_if_modified(|m| {
+            let newer = match (m.upto, to) {
+                (_, None) => false,
+                (None, Some(_)) => true,
+                (Some(a), Some(b)) => b.index > a.index,
+            };
+            if newer {
+                m.upto = to;
+            }
+            newer
+        });
+    }
+
+    /// After a truncation: nothing at or after `index` is known to be on disk.
+    fn truncated(&self, index: u64, before: Option<LogId>) {
+        self.mark.send_if_modified(|m| {
+            let cut = m.upto.is_some_and(|u| u.index >= index);
+            if cut {
+                m.upto = before;
+            }
+            cut
+        });
+    }
+
+    fn fail(&self, why: String) {
+        self.mark.send_modify(|m| m.failed = Some(why));
+    }
+}
+
+/// Lets tests hold a replica's WAL syncs (its log then stays written but not durable); no
+/// effect otherwise.
+#[derive(Clone, Default, Debug)]
+pub struct SyncControl {
+    held: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl SyncControl {
+    pub fn hold(&self) {
+        *self.held.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = true;
+    }
+
+    pub fn release(&self) {
+        *self.held.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = false;
+        self.held.1.notify_all();
+    }
+
+    fn wait_released(&self) {
+        let mut held = self.held.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while *held {
+            held = self.held.1.wait(held).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+}
+
+/// What waits for the next WAL sync.
 #[derive(Default)]
 struct SyncQueue {
+    /// Followers' appends, acknowledged after the sync.
     waiting: Vec<LogFlushed<TypeConfig>>,
+    /// The leader's appends were acknowledged already but still need a sync.
+    unsynced: bool,
+    /// The last entry written to RocksDB.
+    written: Option<LogId>,
+    /// Counts truncations: a sync that began before one says nothing about the entries
+    /// written after it.
+    truncations: u64,
     stop: bool,
 }
 
 struct Syncer {
     queue: Mutex<SyncQueue>,
     wake: Condvar,
+    durable: Durable,
+    control: SyncControl,
 }
 
 impl Syncer {
-    fn start(db: Arc<DB>, metrics: Metrics) -> Arc<Self> {
-        let s = Arc::new(Self { queue: Mutex::new(SyncQueue::default()), wake: Condvar::new() });
+    fn start(db: Arc<DB>, metrics: Metrics, durable: Durable, control: SyncControl) -> Arc<Self> {
+        let s = Arc::new(Self {
+            queue: Mutex::new(SyncQueue::default()),
+            wake: Condvar::new(),
+            durable,
+            control,
+        });
         let me = s.clone();
         std::thread::Builder::new()
             .name("skiff-wal-sync".into())
@@ -59,21 +219,40 @@ impl Syncer {
         s
     }
 
+    fn queue(&self) -> std::sync::MutexGuard<'_, SyncQueue> {
+        self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn run(&self, db: &DB, metrics: &Metrics) {
         loop {
-            let batch = {
-                let mut q = self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                while q.waiting.is_empty() && !q.stop {
+            let (batch, written, truncations) = {
+                let mut q = self.queue();
+                while q.waiting.is_empty() && !q.unsynced && !q.stop {
                     q = self.wake.wait(q).unwrap_or_else(std::sync::PoisonError::into_inner);
                 }
-                if q.waiting.is_empty() && q.stop {
+                if q.waiting.is_empty() && !q.unsynced && q.stop {
                     return;
                 }
-                std::mem::take(&mut q.waiting)
+                q.unsynced = false;
+                // Everything written before the sync starts is durable after it.
+                (std::mem::take(&mut q.waiting), q.written, q.truncations)
             };
+            self.control.wait_released();
             let t = Instant::now();
             let res = db.flush_wal(true);
             metrics.fsync_seconds.observe(t.elapsed().as_secs_f64());
+            match &res {
+                Ok(()) => {
+                    let q = self.queue();
+                    if q.truncations == truncations {
+                        self.durable.advance(written);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "syncing the raft log failed");
+                    self.durable.fail(e.to_string());
+                }
+            }
             for cb in batch {
                 cb.log_io_completed(match &res {
                     Ok(()) => Ok(()),
@@ -83,9 +262,18 @@ impl Syncer {
         }
     }
 
-    fn push(&self, cb: LogFlushed<TypeConfig>) {
-        let mut q = self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        q.waiting.push(cb);
+    /// Records entries written up to `last`; `cb` is acknowledged after the next sync, or was
+    /// already (`None`: the leader's own append).
+    fn push(&self, last: Option<LogId>, cb: Option<LogFlushed<TypeConfig>>) {
+        let mut q = self.queue();
+        if last.is_some() {
+            q.written = last;
+            self.durable.set_written(last);
+        }
+        match cb {
+            Some(cb) => q.waiting.push(cb),
+            None => q.unsynced = true,
+        }
         self.wake.notify_one();
     }
 }
@@ -95,7 +283,7 @@ struct SyncerHandle(Arc<Syncer>);
 
 impl Drop for SyncerHandle {
     fn drop(&mut self) {
-        let mut q = self.0.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut q = self.0.queue();
         q.stop = true;
         self.0.wake.notify_one();
     }
@@ -111,12 +299,49 @@ pub struct LogStore {
     syncer: Arc<SyncerHandle>,
     /// When the commit index was last recorded.
     committed_saved: Arc<Mutex<Option<Instant>>>,
+    /// This replica's raft id.
+    id: u64,
+    /// The vote last saved: whether this replica leads, and in which term.
+    vote: Arc<Mutex<Option<Vote<u64>>>>,
 }
 
 impl LogStore {
-    pub fn new(db: Arc<DB>, metrics: Metrics) -> Self {
-        let syncer = Syncer::start(db.clone(), metrics);
-        Self { db, syncer: Arc::new(SyncerHandle(syncer)), committed_saved: Arc::default() }
+    /// Opens the log of replica `id` in `db`; the log on disk is synced first, so the
+    /// [`Durable`] mark starts at its last entry.
+    pub fn new(
+        db: Arc<DB>,
+        metrics: Metrics,
+        id: u64,
+        control: SyncControl,
+    ) -> Result<Self, StorageError> {
+        db.flush_wal(true).map_err(write_err)?;
+        let syncer = Syncer::start(db.clone(), metrics, Durable::new(None), control);
+        let store = Self {
+            db,
+            syncer: Arc::new(SyncerHandle(syncer)),
+            committed_saved: Arc::default(),
+            id,
+            vote: Arc::default(),
+        };
+        let last = store.last_log_id()?;
+        store.syncer.0.durable.advance(last);
+        store.syncer.0.queue().written = last;
+        store.syncer.0.durable.set_written(last);
+        *store.vote.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            store.get_meta(KEY_VOTE)?;
+        Ok(store)
+    }
+
+    pub fn durable(&self) -> Durable {
+        self.syncer.0.durable.clone()
+    }
+
+    /// The term this replica leads, if it does (its own vote, committed by a quorum).
+    fn leading_term(&self) -> Option<u64> {
+        let vote = self.vote.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        vote.as_ref()
+            .filter(|v| v.is_committed() && v.leader_id().voted_for() == Some(self.id))
+            .map(|v| v.leader_id().get_term())
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(
@@ -192,7 +417,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
-        self.put_meta_synced(KEY_VOTE, vote)
+        self.put_meta_synced(KEY_VOTE, vote)?;
+        *self.vote.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(*vote);
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError> {
@@ -228,13 +455,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let log = cf(&self.db, CF_LOG);
+        let leading = self.leading_term();
+        let mut own = leading.is_some();
+        let mut last = None;
         let mut b = WriteBatch::default();
         for e in entries {
+            // Entries of the term this replica leads were proposed here, not received.
+            own &= Some(e.log_id.leader_id.term) == leading;
+            last = Some(e.log_id);
             b.put_cf(log, index_key(e.log_id.index), encode(&e));
         }
-        // Durable only after the syncer's flush_wal(true); openraft waits for the callback.
+        // Durable only after the syncer's flush_wal(true). A follower acknowledges then; the
+        // leader now (see the module comment: the Durable mark guards what it then commits).
         self.db.write(b).map_err(write_err)?;
-        self.syncer.0.push(callback);
+        if own {
+            callback.log_io_completed(Ok(()));
+            self.syncer.0.push(last, None);
+        } else {
+            self.syncer.0.push(last, Some(callback));
+        }
         Ok(())
     }
 
@@ -242,7 +481,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.db
             .delete_range_cf(cf(&self.db, CF_LOG), index_key(log_id.index), index_key(u64::MAX))
             .map_err(write_err)?;
-        self.db.delete_cf(cf(&self.db, CF_LOG), index_key(u64::MAX)).map_err(write_err)
+        self.db.delete_cf(cf(&self.db, CF_LOG), index_key(u64::MAX)).map_err(write_err)?;
+        // The entries after the cut are gone, synced or not; the mark falls back to the entry
+        // before it (or to nothing when that one was purged: a lower mark only waits longer).
+        let before = match log_id.index.checked_sub(1) {
+            Some(i) => self.try_get_log_entries(i..=i).await?.pop().map(|e| e.log_id),
+            None => None,
+        };
+        let mut q = self.syncer.0.queue();
+        q.truncations += 1;
+        if q.written.is_some_and(|w| w.index >= log_id.index) {
+            q.written = before;
+            self.syncer.0.durable.set_written(before);
+        }
+        self.syncer.0.durable.truncated(log_id.index, before);
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -254,5 +507,71 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(write_err)?;
         tracing::info!("purged raft log up to {}", log_id.index);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::CommittedLeaderId;
+
+    use super::*;
+
+    fn id(term: u64, index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(term, 0), index)
+    }
+
+    #[test]
+    fn the_mark_only_moves_forward_except_when_the_log_is_cut() {
+        let d = Durable::new(Some(id(1, 5)));
+        d.advance(Some(id(1, 3)));
+        d.advance(None);
+        assert_eq!(d.get().upto, Some(id(1, 5)));
+        d.advance(Some(id(2, 9)));
+        assert_eq!(d.get().upto, Some(id(2, 9)));
+        // A cut after the mark changes nothing; one at or before it lowers it.
+        d.truncated(10, Some(id(2, 9)));
+        assert_eq!(d.get().upto, Some(id(2, 9)));
+        d.truncated(7, Some(id(2, 6)));
+        assert_eq!(d.get().upto, Some(id(2, 6)));
+    }
+
+    #[test]
+    fn followers_learn_no_commit_beyond_the_mark() {
+        let d = Durable::new(Some(id(1, 5)));
+        d.set_written(Some(id(1, 5)));
+        assert_eq!(d.cap_commit(Some(id(1, 4))), Some(id(1, 4)));
+        assert_eq!(d.cap_commit(None), None);
+        assert!(!d.take_capped_when_idle());
+        assert_eq!(d.cap_commit(Some(id(1, 8))), Some(id(1, 5)));
+        // Entries 6..=8 are written but not synced: the next of them carries the commit.
+        d.set_written(Some(id(1, 8)));
+        assert!(!d.take_capped_when_idle());
+        d.advance(Some(id(1, 8)));
+        assert!(d.take_capped_when_idle());
+        assert!(!d.take_capped_when_idle());
+        let empty = Durable::new(None);
+        assert_eq!(empty.cap_commit(Some(id(1, 1))), None);
+        assert!(empty.take_capped_when_idle());
+    }
+
+    #[tokio::test]
+    async fn waiting_ends_when_the_mark_passes_or_the_sync_fails() {
+        let d = Durable::new(Some(id(1, 5)));
+        d.wait_for(5).await.unwrap();
+        let waiter = tokio::spawn({
+            let d = d.clone();
+            async move { d.wait_for(7).await }
+        });
+        d.advance(Some(id(1, 6)));
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        d.advance(Some(id(1, 7)));
+        waiter.await.unwrap().unwrap();
+        let failing = tokio::spawn({
+            let d = d.clone();
+            async move { d.wait_for(8).await }
+        });
+        d.fail("disk gone".into());
+        assert!(failing.await.unwrap().is_err());
     }
 }

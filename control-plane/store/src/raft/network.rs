@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::{mpsc, oneshot};
 
+use super::log_store::Durable;
 use super::{Member, TypeConfig, wire};
 
 /// How long connecting to a peer may take.
@@ -240,13 +241,20 @@ pub enum Method {
 #[derive(Clone)]
 pub struct Network {
     pub peers: Peers,
+    /// How far this replica's log is on disk: caps the commit index sent to followers.
+    pub durable: Durable,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: u64, node: &Member) -> PeerClient {
-        PeerClient { target, url: node.peer_url.clone(), peers: self.peers.clone() }
+        PeerClient {
+            target,
+            url: node.peer_url.clone(),
+            peers: self.peers.clone(),
+            durable: self.durable.clone(),
+        }
     }
 }
 
@@ -255,6 +263,7 @@ pub struct PeerClient {
     target: u64,
     url: String,
     peers: Peers,
+    durable: Durable,
 }
 
 type RpcErr<E> = RPCError<u64, Member, RaftError<u64, E>>;
@@ -289,9 +298,12 @@ impl PeerClient {
 impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RpcErr<openraft::error::Infallible>> {
+        // openraft counts the leader's copy of an entry towards its commit before the leader
+        // has synced it (see `log_store`); a follower learns only a commit that is on disk.
+        rpc.leader_commit = self.durable.cap_commit(rpc.leader_commit);
         self.rpc(Method::AppendEntries, &rpc, &option).await
     }
 

@@ -16,6 +16,7 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::log_store::Durable;
 use super::{LogId, Member, ProposalResult, StorageError, TypeConfig, encode};
 use crate::metrics::Metrics;
 use crate::mvcc::{EventDetail, Mvcc};
@@ -73,6 +74,8 @@ pub struct StateMachine {
     files: Arc<SnapshotFiles>,
     /// The file a snapshot from the leader is being received into.
     receiving: Option<PathBuf>,
+    /// How far the raft log is on disk here: nothing beyond it is applied.
+    durable: Durable,
 }
 
 impl StateMachine {
@@ -81,10 +84,11 @@ impl StateMachine {
         hub: WatchHub,
         metrics: Metrics,
         dir: PathBuf,
+        durable: Durable,
     ) -> Result<Self, StorageError> {
         let state = AppliedState::decode(&mvcc.applied())?;
         let files = Arc::new(SnapshotFiles::open(dir)?);
-        Ok(Self { mvcc, hub, metrics, state, files, receiving: None })
+        Ok(Self { mvcc, hub, metrics, state, files, receiving: None, durable })
     }
 }
 
@@ -319,6 +323,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        // The leader acknowledges its own appends before they are synced (see `log_store`),
+        // so openraft may commit an entry that is not on the leader's disk yet.
+        if let Some(last) = entries.last() {
+            self.durable.wait_for(last.log_id.index).await?;
+        }
         let t = Instant::now();
         let hub = &self.hub;
         let mut w = self.mvcc.writer_with(|| hub.event_detail());
@@ -359,6 +369,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             state: self.state.clone(),
             files: self.files.clone(),
             receiving: None,
+            durable: self.durable.clone(),
         }
     }
 

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use skiff_store::node::RaftTuning;
+use skiff_store::raft::log_store::SyncControl;
 use skiff_store::raft::network::NetControl;
 use skiff_store::raft::{Member, member_id};
 use skiff_store::types::{KeyRange, PutRequest, RangeRequest, WriteOp, WriteResult};
@@ -16,6 +17,7 @@ use tokio::task::JoinHandle;
 pub struct Node {
     pub store: Store,
     pub net: NetControl,
+    pub sync: SyncControl,
     server: JoinHandle<()>,
 }
 
@@ -30,6 +32,7 @@ impl Node {
         listener: tokio::net::TcpListener,
     ) -> Result<Self> {
         let net = NetControl::default();
+        let sync = SyncControl::default();
         let store = Store::open(StoreConfig {
             name: member.name.clone(),
             data_dir,
@@ -40,13 +43,14 @@ impl Node {
             tuning,
             auto_compaction: None,
             net: net.clone(),
+            sync: sync.clone(),
         })
         .await?;
         let server = tokio::spawn({
             let store = store.clone();
             async move { store.serve_peers(listener, std::future::pending()).await }
         });
-        Ok(Self { store, net, server })
+        Ok(Self { store, net, sync, server })
     }
 }
 
