@@ -9,7 +9,7 @@
 //! sending the entries to followers by a whole sync. openraft then counts the leader's copy
 //! towards a commit before it is durable, so nothing may act on that commit until the leader's
 //! sync has caught up: the [`Durable`] mark gates the state machine's apply and caps the commit
-//! index sent to followers. A commit acts on is then on a majority's disks: on the
+//! index sent to followers. A commit anything acts on is then on a majority's disks: on the
 //! leader's, and on the followers whose acknowledgements made it.
 
 #![expect(clippy::result_large_err, reason = "openraft's StorageError is what the traits return")]
