@@ -100,17 +100,19 @@ impl Durable {
     /// `committed` capped to what is on disk here: the commit index a follower may act on.
     pub fn cap_commit(&self, committed: Option<LogId>) -> Option<LogId> {
         let upto = self.mark.borrow().upto;
-        match (committed, upto) {
-            (Some(c), Some(u)) if c.index > u.index => {
-                self.capped.store(true, Ordering::Relaxed);
-                Some(u)
-            }
-            (Some(_), None) => {
-                self.capped.store(true, Ordering::Relaxed);
-                None
-            }
-            (c, _) => c,
+        let capped = match (committed, upto) {
+            (Some(c), Some(u)) if c.index > u.index => Some(u),
+            (Some(_), None) => None,
+            (c, _) => return c,
+        };
+        self.capped.store(true, Ordering::SeqCst);
+        // The mark may have moved, and its watcher looked for a capped commit, between the
+        // read above and the store: wake the watcher again so the commit is not left waiting
+        // for the next periodic heartbeat.
+        if self.mark.borrow().upto != upto {
+            self.mark.send_modify(|_| {});
         }
+        capped
     }
 
     /// Whether a commit index was capped and the mark has since caught up with every entry
@@ -119,7 +121,7 @@ impl Durable {
     /// openraft's one-request-at-a-time replication).
     pub fn take_capped_when_idle(&self) -> bool {
         let synced = self.mark.borrow().upto.map_or(0, |u| u.index);
-        synced >= self.written.load(Ordering::Relaxed) && self.capped.swap(false, Ordering::Relaxed)
+        synced >= self.written.load(Ordering::Relaxed) && self.capped.swap(false, Ordering::SeqCst)
     }
 
     fn set_written(&self, last: Option<LogId>) {
