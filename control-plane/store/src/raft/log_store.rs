@@ -48,7 +48,7 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
 }
 
 /// How far this replica's log is on disk: every entry up to `upto` (inclusive) is synced.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct DurableMark {
     pub upto: Option<LogId>,
     /// Set when a sync failed: entries the leader acknowledged early may never be durable.
@@ -76,7 +76,8 @@ impl Durable {
         }
     }
 
-    pub fn get(&self) -> DurableMark {
+    #[cfg(test)]
+    fn get(&self) -> DurableMark {
         self.mark.borrow().clone()
     }
 
@@ -264,13 +265,18 @@ impl Syncer {
         }
     }
 
+    /// The last entry written is now `last`: for the next sync, and for the mark's readers.
+    fn set_written(&self, q: &mut SyncQueue, last: Option<LogId>) {
+        q.written = last;
+        self.durable.set_written(last);
+    }
+
     /// Records entries written up to `last`; `cb` is acknowledged after the next sync, or was
     /// already (`None`: the leader's own append).
     fn push(&self, last: Option<LogId>, cb: Option<LogFlushed<TypeConfig>>) {
         let mut q = self.queue();
         if last.is_some() {
-            q.written = last;
-            self.durable.set_written(last);
+            self.set_written(&mut q, last);
         }
         match cb {
             Some(cb) => q.waiting.push(cb),
@@ -326,9 +332,9 @@ impl LogStore {
             vote: Arc::default(),
         };
         let last = store.last_log_id()?;
-        store.syncer.0.durable.advance(last);
-        store.syncer.0.queue().written = last;
-        store.syncer.0.durable.set_written(last);
+        let syncer = &store.syncer.0;
+        syncer.durable.advance(last);
+        syncer.set_written(&mut syncer.queue(), last);
         *store.vote.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
             store.get_meta(KEY_VOTE)?;
         Ok(store)
@@ -490,13 +496,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Some(i) => self.try_get_log_entries(i..=i).await?.pop().map(|e| e.log_id),
             None => None,
         };
-        let mut q = self.syncer.0.queue();
+        let syncer = &self.syncer.0;
+        let mut q = syncer.queue();
         q.truncations += 1;
         if q.written.is_some_and(|w| w.index >= log_id.index) {
-            q.written = before;
-            self.syncer.0.durable.set_written(before);
+            syncer.set_written(&mut q, before);
         }
-        self.syncer.0.durable.truncated(log_id.index, before);
+        syncer.durable.truncated(log_id.index, before);
         Ok(())
     }
 
