@@ -51,7 +51,8 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
 #[derive(Debug, Clone)]
 pub struct DurableMark {
     pub upto: Option<LogId>,
-    /// Set when a sync failed: entries the leader acknowledged early may never be durable.
+    /// Set when a sync failed: entries the leader acknowledged early may never be durable,
+    /// and `upto` no longer moves.
     pub failed: Option<String>,
 }
 
@@ -79,6 +80,11 @@ impl Durable {
     #[cfg(test)]
     fn get(&self) -> DurableMark {
         self.mark.borrow().clone()
+    }
+
+    /// Why a sync failed, if one did.
+    fn failure(&self) -> Option<String> {
+        self.mark.borrow().failed.clone()
     }
 
     pub fn subscribe(&self) -> watch::Receiver<DurableMark> {
@@ -129,9 +135,11 @@ impl Durable {
         self.written.store(last.map_or(0, |l| l.index), Ordering::Relaxed);
     }
 
+    /// Moves the mark up to `to`; never after a failed sync.
     fn advance(&self, to: Option<LogId>) {
         self.mark.send_if_modified(|m| {
             let newer = match (m.upto, to) {
+                _ if m.failed.is_some() => false,
                 (_, None) => false,
                 (None, Some(_)) => true,
                 (Some(a), Some(b)) => b.index > a.index,
@@ -159,14 +167,25 @@ impl Durable {
     }
 }
 
-/// Lets tests hold a replica's WAL syncs (its log then stays written but not durable); no
-/// effect otherwise.
+/// Lets tests hold a replica's WAL syncs (its log then stays written but not durable) or fail
+/// them; no effect otherwise.
 #[derive(Clone, Default, Debug)]
 pub struct SyncControl {
     held: Arc<(Mutex<bool>, Condvar)>,
+    fail: Arc<Mutex<Option<String>>>,
 }
 
 impl SyncControl {
+    /// Makes the next syncs fail with `why` (`None`: succeed again).
+    pub fn fail_syncs(&self, why: Option<&str>) {
+        *self.fail.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            why.map(str::to_owned);
+    }
+
+    fn injected_failure(&self) -> Option<String> {
+        self.fail.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
     pub fn hold(&self) {
         *self.held.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = true;
     }
@@ -241,26 +260,35 @@ impl Syncer {
                 (std::mem::take(&mut q.waiting), q.written, q.truncations)
             };
             self.control.wait_released();
-            let t = Instant::now();
-            let res = db.flush_wal(true);
-            metrics.fsync_seconds.observe(t.elapsed().as_secs_f64());
-            match &res {
-                Ok(()) => {
-                    let q = self.queue();
-                    if q.truncations == truncations {
-                        self.durable.advance(written);
-                    }
-                }
-                Err(e) => {
+            // A failure sticks: after one, a later sync can succeed without the pages the
+            // failed one lost, so nothing written since is known to be on disk.
+            let res = if let Some(why) = self.durable.failure() {
+                Err(why)
+            } else {
+                let t = Instant::now();
+                let res = self
+                    .control
+                    .injected_failure()
+                    .map_or_else(|| db.flush_wal(true).map_err(|e| e.to_string()), Err);
+                metrics.fsync_seconds.observe(t.elapsed().as_secs_f64());
+                if let Err(e) = &res {
                     tracing::error!(error = %e, "syncing the raft log failed");
-                    self.durable.fail(e.to_string());
+                    self.durable.fail(e.clone());
+                }
+                res
+            };
+            if res.is_ok() {
+                let mut q = self.queue();
+                if q.truncations == truncations {
+                    self.durable.advance(written);
+                } else {
+                    // The log was cut meanwhile: sync again rather than work out which of
+                    // the entries this sync covered are still there.
+                    q.unsynced = true;
                 }
             }
             for cb in batch {
-                cb.log_io_completed(match &res {
-                    Ok(()) => Ok(()),
-                    Err(e) => Err(std::io::Error::other(e.to_string())),
-                });
+                cb.log_io_completed(res.clone().map_err(std::io::Error::other));
             }
         }
     }
@@ -335,8 +363,20 @@ impl LogStore {
         let syncer = &store.syncer.0;
         syncer.durable.advance(last);
         syncer.set_written(&mut syncer.queue(), last);
-        *store.vote.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-            store.get_meta(KEY_VOTE)?;
+        let mut vote: Option<Vote<u64>> = store.get_meta(KEY_VOTE)?;
+        // openraft restarts a replica whose saved vote is its own and committed as the leader
+        // of that term, appending at once. The leader's appends were acknowledged before they
+        // were synced, so a crash may have lost entries that followers hold under the same
+        // log ids, and the restarted leader would reuse those ids for other entries (a
+        // follower takes an entry whose id it has as a match). Saving the vote uncommitted
+        // makes the replica win an election for a new term first, as an etcd member does.
+        if let Some(v) = vote.filter(|v| v.is_committed() && v.leader_id().voted_for() == Some(id))
+        {
+            let v = Vote::new(v.leader_id().get_term(), id);
+            store.put_meta_synced(KEY_VOTE, &v)?;
+            vote = Some(v);
+        }
+        *store.vote.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = vote;
         Ok(store)
     }
 
@@ -581,5 +621,79 @@ mod tests {
         });
         d.fail("disk gone".into());
         assert!(failing.await.unwrap().is_err());
+        d.advance(Some(id(1, 9)));
+        assert_eq!(d.get().upto, Some(id(1, 7)));
+    }
+
+    fn open(control: SyncControl) -> (tempfile::TempDir, Arc<DB>, LogStore) {
+        let dir = tempfile::Builder::new().prefix("skiff-test-log").tempdir().unwrap();
+        let db = crate::db::open(dir.path()).unwrap();
+        let store = LogStore::new(db.clone(), Metrics::new(), 1, control).unwrap();
+        (dir, db, store)
+    }
+
+    /// Writes blank entries 1..=last of term 1, as `append` would, without syncing them.
+    fn write_entries(db: &DB, last: u64) {
+        for i in 1..=last {
+            let e = Entry { log_id: id(1, i), payload: openraft::EntryPayload::Blank };
+            db.put_cf(cf(db, CF_LOG), index_key(i), encode(&e)).unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_restarted_leader_must_win_a_new_term_before_it_appends() {
+        let (_dir, db, mut store) = open(SyncControl::default());
+        store.save_vote(&Vote::new_committed(3, 1)).await.unwrap();
+        assert_eq!(store.leading_term(), Some(3));
+        let mut restarted =
+            LogStore::new(db.clone(), Metrics::new(), 1, SyncControl::default()).unwrap();
+        assert_eq!(restarted.read_vote().await.unwrap(), Some(Vote::new(3, 1)));
+        assert_eq!(restarted.leading_term(), None);
+        // Another replica's leadership survives a restart: this one follows it.
+        restarted.save_vote(&Vote::new_committed(4, 2)).await.unwrap();
+        let mut again = LogStore::new(db, Metrics::new(), 1, SyncControl::default()).unwrap();
+        assert_eq!(again.read_vote().await.unwrap(), Some(Vote::new_committed(4, 2)));
+    }
+
+    #[tokio::test]
+    async fn nothing_becomes_durable_after_a_failed_sync() {
+        let control = SyncControl::default();
+        let (_dir, _db, store) = open(control.clone());
+        let (syncer, d) = (&store.syncer.0, store.durable());
+        syncer.push(Some(id(1, 1)), None);
+        d.wait_for(1).await.unwrap();
+        control.fail_syncs(Some("injected EIO"));
+        syncer.push(Some(id(1, 2)), None);
+        assert!(d.wait_for(2).await.is_err());
+        // Syncs work again, but the failed one may have lost pages: the mark stays.
+        control.fail_syncs(None);
+        syncer.push(Some(id(1, 3)), None);
+        assert!(d.wait_for(3).await.is_err());
+        assert_eq!(d.get().upto, Some(id(1, 1)));
+        assert_eq!(d.cap_commit(Some(id(1, 3))), Some(id(1, 1)));
+    }
+
+    #[tokio::test]
+    async fn a_sync_overtaken_by_a_cut_is_followed_by_another() {
+        let control = SyncControl::default();
+        let (_dir, db, mut store) = open(control.clone());
+        write_entries(&db, 5);
+        control.hold();
+        store.syncer.0.push(Some(id(1, 5)), None);
+        // The syncer takes the entries up to 5 for its (held) sync...
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.syncer.0.queue().unsynced {
+            assert!(Instant::now() < deadline, "the syncer never took the entries");
+            std::thread::yield_now();
+        }
+        // ...then the log is cut after 3: that sync no longer says which entries are on disk,
+        // but 1..=3 were written before it and must become durable without another append.
+        store.truncate(id(1, 4)).await.unwrap();
+        control.release();
+        tokio::time::timeout(Duration::from_secs(10), store.durable().wait_for(3))
+            .await
+            .expect("entries before the cut never became durable")
+            .unwrap();
+        assert_eq!(store.durable().get().upto, Some(id(1, 3)));
     }
 }
