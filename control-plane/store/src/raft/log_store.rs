@@ -66,6 +66,19 @@ pub struct Durable {
     capped: Arc<AtomicBool>,
     /// The index of the last entry written to the log (synced or not).
     written: Arc<AtomicU64>,
+    /// How far the state machine's writes reach, a snapshot install included (durable with
+    /// the next WAL sync, as everything before it in the shared WAL). openraft 0.9 purges the
+    /// log up to a received snapshot while the state machine is still installing it; the
+    /// purge waits for this, so a crash meanwhile leaves the old log and state, not a hole.
+    applied: Arc<watch::Sender<Applied>>,
+}
+
+/// The state machine's progress, as the log store sees it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Applied {
+    index: u64,
+    /// The state machine failed (e.g. installing a snapshot): it will not reach any index.
+    failed: bool,
 }
 
 impl Durable {
@@ -74,6 +87,38 @@ impl Durable {
             mark: watch::Sender::new(DurableMark { upto, failed: None }),
             capped: Arc::default(),
             written: Arc::default(),
+            applied: Arc::default(),
+        }
+    }
+
+    /// The state machine has written everything up to `index`.
+    pub fn set_applied(&self, index: u64) {
+        self.applied.send_if_modified(|a| {
+            let newer = index > a.index;
+            if newer {
+                a.index = index;
+            }
+            newer
+        });
+    }
+
+    /// The state machine failed: waits for its progress end in an error.
+    pub fn applying_failed(&self) {
+        self.applied.send_modify(|a| a.failed = true);
+    }
+
+    /// Waits until the state machine has written everything up to `index`.
+    async fn wait_applied(&self, index: u64) -> Result<(), StorageError> {
+        let a = *self
+            .applied
+            .subscribe()
+            .wait_for(|a| a.failed || a.index >= index)
+            .await
+            .map_err(|_| write_err(std::io::Error::other("state machine closed")))?;
+        if a.index >= index {
+            Ok(())
+        } else {
+            Err(write_err(std::io::Error::other("the state machine failed")))
         }
     }
 
@@ -456,7 +501,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged: Option<LogId> = self.get_meta(KEY_PURGED)?;
-        let last = self.last_log_id()?.or(last_purged);
+        // Entries up to the purge point may outlive it for a moment (see `purge`).
+        let last = self.last_log_id()?.max(last_purged);
         Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
     }
 
@@ -547,6 +593,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Never past what the state machine holds: after a received snapshot, openraft purges
+        // while the install still runs. The synced write below then also makes the state
+        // machine's writes durable (one WAL).
+        self.durable().wait_applied(log_id.index).await?;
         // Record the purge point first: a crash between the two leaves extra entries, never a
         // hole that get_log_state cannot explain.
         self.put_meta_synced(KEY_PURGED, &log_id)?;
@@ -638,6 +688,47 @@ mod tests {
             let e = Entry { log_id: id(1, i), payload: openraft::EntryPayload::Blank };
             db.put_cf(cf(db, CF_LOG), index_key(i), encode(&e)).unwrap();
         }
+    }
+
+    #[tokio::test]
+    async fn the_log_is_purged_only_up_to_what_the_state_machine_holds() {
+        let (_dir, db, store) = open(SyncControl::default());
+        write_entries(&db, 5);
+        let d = store.durable();
+        d.set_applied(2);
+        // As after a received snapshot: openraft purges while the install still runs.
+        let purge = tokio::spawn({
+            let mut store = store.clone();
+            async move { store.purge(id(1, 4)).await }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while d.applied.receiver_count() == 0 {
+            assert!(Instant::now() < deadline, "the purge did not wait for the state machine");
+            tokio::task::yield_now().await;
+        }
+        assert!(!purge.is_finished());
+        let mut reader = store.clone();
+        assert_eq!(reader.get_log_state().await.unwrap().last_purged_log_id, None);
+        assert_eq!(reader.try_get_log_entries(1..=1).await.unwrap().len(), 1);
+        d.set_applied(4);
+        purge.await.unwrap().unwrap();
+        let state = reader.get_log_state().await.unwrap();
+        assert_eq!((state.last_purged_log_id, state.last_log_id), (Some(id(1, 4)), Some(id(1, 5))));
+        // A state machine that failed never gets there: the purge fails instead of hanging.
+        let mut waiting = store.clone();
+        let purge = tokio::spawn(async move { waiting.purge(id(1, 5)).await });
+        d.applying_failed();
+        assert!(purge.await.unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_purge_point_past_the_last_entry_is_the_last_log_id() {
+        let (_dir, db, mut store) = open(SyncControl::default());
+        write_entries(&db, 3);
+        // A crash between recording the purge point and deleting the entries.
+        store.put_meta_synced(KEY_PURGED, &id(1, 9)).unwrap();
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id, Some(id(1, 9)));
     }
 
     #[tokio::test]

@@ -88,6 +88,7 @@ impl StateMachine {
     ) -> Result<Self, StorageError> {
         let state = AppliedState::decode(&mvcc.applied())?;
         let files = Arc::new(SnapshotFiles::open(dir)?);
+        durable.set_applied(state.last_applied.map_or(0, |l| l.index));
         Ok(Self { mvcc, hub, metrics, state, files, receiving: None, durable })
     }
 }
@@ -355,6 +356,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let detail = w.detail();
         let (to, events) = w.commit(Some(encode(&self.state))).map_err(sm_err)?;
+        self.durable.set_applied(self.state.last_applied.map_or(0, |l| l.index));
         self.hub.publish(from, to, events, detail);
         self.metrics.proposals_committed.inc_by(ops);
         self.metrics.apply_seconds.observe(t.elapsed().as_secs_f64());
@@ -394,6 +396,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let installed = self.install_received(meta, *snapshot, &part).await;
         if installed.is_err() {
             let _ = std::fs::remove_file(&part);
+            // openraft stops on the error; a purge waiting for the install must too.
+            self.durable.applying_failed();
         }
         installed
     }
@@ -435,8 +439,12 @@ impl StateMachine {
         .await
         .map_err(|e| err(std::io::Error::other(e.to_string())))?
         .map_err(|e| snap_read_err(Some(meta), &e))?;
+        // The meta naming this snapshot must not be on disk before the state it describes:
+        // openraft refuses any snapshot not newer than the current one.
+        self.mvcc.db().flush_wal(true).map_err(sm_err)?;
         self.files.save(meta, part)?;
         self.state = state;
+        self.durable.set_applied(meta.last_log_id.map_or(0, |l| l.index));
         // Watchers re-read history: the data under them was replaced.
         self.hub.publish(revision + 2, revision, Vec::new(), EventDetail::None);
         tracing::info!(snapshot = %meta.snapshot_id, revision, "installed snapshot");
