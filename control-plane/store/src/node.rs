@@ -535,6 +535,14 @@ impl Inner {
             .inspect(|_| self.metrics.forward_seconds.observe(t.elapsed().as_secs_f64()))
             // A timeout is `KvError::Timeout`: sent but unanswered, it may or may not apply.
             .map_err(peer_err)?;
+        // As etcd, a member answers a write once it has applied it itself: a serializable
+        // read or a watch from "now" on the member the client asked sees its own write.
+        let applied = r.iter().filter_map(|x| x.as_ref().ok()?.revision()).max();
+        if let Some(rev) = applied {
+            tokio::time::timeout(self.config.tuning.request_timeout, self.hub.applied(rev))
+                .await
+                .map_err(|_| KvError::Timeout)??;
+        }
         Ok(r)
     }
 

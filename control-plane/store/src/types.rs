@@ -277,6 +277,18 @@ pub enum WriteResult {
     Error(crate::error::KvError),
 }
 
+impl WriteResult {
+    /// The store's revision once this write applied (compactions and errors: none).
+    pub fn revision(&self) -> Option<i64> {
+        match self {
+            Self::Put(r) => Some(r.revision),
+            Self::DeleteRange(r) => Some(r.revision),
+            Self::Txn(r) => Some(r.revision),
+            Self::Compact { .. } | Self::Error(_) => None,
+        }
+    }
+}
+
 /// Kind of a watch event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventKind {

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::error::KvError;
 use crate::mvcc::{EventDetail, Mvcc};
@@ -39,6 +39,9 @@ pub struct WatchHub {
     mvcc: Arc<Mvcc>,
     /// Live watchers that asked for `prev_kv`.
     prev_kv_watchers: Arc<AtomicUsize>,
+    /// The last revision published: what this replica has applied. (A separate channel: a
+    /// receiver of `tx` makes every batch record its events.)
+    applied: Arc<watch::Sender<i64>>,
 }
 
 /// What a watcher wants.
@@ -55,7 +58,14 @@ pub struct WatchSpec {
 impl WatchHub {
     pub fn new(mvcc: Arc<Mvcc>) -> Self {
         let (tx, _) = broadcast::channel(LIVE_CAPACITY);
-        Self { tx, mvcc, prev_kv_watchers: Arc::default() }
+        let applied = Arc::new(watch::Sender::new(mvcc.revision()));
+        Self { tx, mvcc, prev_kv_watchers: Arc::default(), applied }
+    }
+
+    /// Waits until this replica has applied `revision`.
+    pub async fn applied(&self, revision: i64) -> Result<(), KvError> {
+        let mut rx = self.applied.subscribe();
+        rx.wait_for(|r| *r >= revision).await.map(|_| ()).map_err(|_| KvError::Stopped)
     }
 
     /// The detail the next applied batch should record for the watchers registered now. The
@@ -76,6 +86,13 @@ impl WatchHub {
     pub fn publish(&self, from: i64, to: i64, events: Vec<Event>, detail: EventDetail) {
         // No receivers is fine: nobody watches.
         let _ = self.tx.send(Arc::new(Published { from, to, events, detail }));
+        self.applied.send_if_modified(|r| {
+            let newer = to > *r;
+            if newer {
+                *r = to;
+            }
+            newer
+        });
     }
 
     pub fn watcher_count(&self) -> usize {

@@ -306,3 +306,20 @@ async fn nothing_is_applied_beyond_the_leaders_synced_log() -> anyhow::Result<()
     c.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_through_a_follower_is_visible_there_when_acknowledged() -> anyhow::Result<()> {
+    let mut c = Cluster::start(3, tuning()).await?;
+    let leader = c.leader(&[0, 1, 2]).await?;
+    let follower = (leader + 1) % 3;
+    // As etcd: the member a client writes through has applied the write when it answers, so
+    // a serializable (local) read there sees it.
+    for i in 0..100 {
+        let (k, v) = (format!("/ryw/{i}"), format!("v{i}"));
+        let rev = put(c.node(follower), &k, &v).await?;
+        assert!(c.node(follower).mvcc().revision() >= rev, "write {i} not applied when acked");
+        assert_eq!(get(c.node(follower), &k, false).await?, Some(v.into_bytes()), "write {i}");
+    }
+    c.shutdown().await;
+    Ok(())
+}
