@@ -467,7 +467,8 @@ impl Store {
 fn peer_err(e: PeerError) -> KvError {
     match e {
         PeerError::Unreachable(..) => KvError::NoLeader,
-        PeerError::TimedOut(..) => KvError::Timeout,
+        // Sent: it may apply, so not "no leader" (which tells clients a retry is safe).
+        PeerError::TimedOut(..) | PeerError::Lost(..) => KvError::Timeout,
         PeerError::Failed(_, m) => KvError::Storage(m),
     }
 }

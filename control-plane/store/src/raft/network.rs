@@ -58,6 +58,10 @@ pub enum PeerError {
     /// and the request may still take effect there.
     #[error("peer {0}: no answer after {1:?}")]
     TimedOut(u64, Duration),
+    /// Sent (or queued to send), then the connection failed before the answer: the request
+    /// may have taken effect there.
+    #[error("peer {0}: connection lost before the answer: {1}")]
+    Lost(u64, String),
     #[error("peer {0}: {1}")]
     Failed(u64, String),
 }
@@ -94,12 +98,12 @@ impl Conn {
         self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Fails every call still waiting and every later one.
+    /// Fails every call still waiting (their requests may have arrived) and every later one.
     fn close(&self, peer: u64, why: &str) {
         let mut w = self.waiting();
         w.closed = true;
         for (_, tx) in w.replies.drain() {
-            let _ = tx.send(Err(PeerError::Unreachable(peer, why.to_string())));
+            let _ = tx.send(Err(PeerError::Lost(peer, why.to_string())));
         }
     }
 
@@ -216,7 +220,7 @@ impl Peers {
         }
         let body = match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(r)) => r?,
-            Ok(Err(_)) => return Err(PeerError::Unreachable(id, "connection closed".into())),
+            Ok(Err(_)) => return Err(PeerError::Lost(id, "connection closed".into())),
             Err(_) => {
                 conn.waiting().replies.remove(&rid);
                 return Err(PeerError::TimedOut(id, timeout));
@@ -282,7 +286,9 @@ impl PeerClient {
         let r: Result<Resp, RaftError<u64, E>> =
             self.peers.call(self.target, &self.url, method, req, option.hard_ttl()).await.map_err(
                 |e| match e {
-                    PeerError::Unreachable(..) => RPCError::Unreachable(Unreachable::new(&e)),
+                    PeerError::Unreachable(..) | PeerError::Lost(..) => {
+                        RPCError::Unreachable(Unreachable::new(&e))
+                    }
                     // Not `Unreachable`: openraft backs off from an unreachable peer (100 ms
                     // here) before sending it anything, which turned one slow append under load
                     // into a replication stall and second-long client latencies.
@@ -331,6 +337,24 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A peer that reads a request and then drops the connection may have acted on it: the
+    /// caller learns the outcome is unknown, not that the peer was unreachable.
+    #[tokio::test]
+    async fn a_connection_lost_after_the_request_is_an_unknown_outcome() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let peer = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let frame = wire::read_frame(&mut stream).await.unwrap();
+            assert!(frame.is_some());
+        });
+        let peers = Peers::default();
+        let r: Result<(), PeerError> =
+            peers.call(9, &url, Method::Forward, &7u32, Duration::from_secs(30)).await;
+        assert!(matches!(r, Err(PeerError::Lost(9, _))), "{r:?}");
+        peer.await.unwrap();
+    }
 
     /// A peer whose kernel accepts data but whose process never reads: requests stop being
     /// queued once `MAX_QUEUED_BYTES` wait, and calls fail at once instead of growing memory.
