@@ -28,7 +28,7 @@ pub enum BackupError {
     HashMismatch,
     #[error("backup content does not decode: {0}")]
     Decode(String),
-    #[error("data dir {0} already holds a store; restore needs a fresh directory")]
+    #[error("data dir {0} is not empty; restore needs a fresh directory")]
     NotEmpty(String),
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -165,24 +165,40 @@ impl Checked {
 /// revisions. Returns the backup's revision.
 pub fn restore_into(data_dir: &Path, backup: &Path) -> Result<i64, BackupError> {
     let mut checked = Checked::open(backup)?;
-    let db_dir = data_dir.join("db");
-    if db_dir.exists() {
+    let io = |source| StoreError::Io { path: data_dir.display().to_string(), source };
+    // Anything already there (a store, or an old member's snapshot files, which the new
+    // member would take for its own) is refused.
+    let empty = match std::fs::read_dir(data_dir) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) => return Err(io(e).into()),
+    };
+    if !empty {
         return Err(BackupError::NotEmpty(data_dir.display().to_string()));
     }
-    std::fs::create_dir_all(data_dir)
-        .map_err(|source| StoreError::Io { path: data_dir.display().to_string(), source })?;
+    std::fs::create_dir_all(data_dir).map_err(io)?;
+    // Built aside and renamed into place: a restore cut short leaves no `db` a member would
+    // start from.
+    let partial = data_dir.join("db.restoring");
     let restored = (|| {
-        let db = crate::db::open(&db_dir)?;
+        let db = crate::db::open(&partial)?;
         let mvcc = Mvcc::open(db.clone())?;
         let revision = mvcc.restore_from(&mut checked.payload()?, Vec::new())?;
         db.flush_wal(true).map_err(StoreError::from)?;
         Ok::<_, BackupError>(revision)
     })();
-    if restored.is_err() {
-        // A payload that passed the hash yet does not decode: leave no half-made store.
-        let _ = std::fs::remove_dir_all(&db_dir);
+    match restored {
+        Ok(revision) => {
+            std::fs::rename(&partial, data_dir.join("db")).map_err(io)?;
+            File::open(data_dir).and_then(|d| d.sync_all()).map_err(io)?;
+            Ok(revision)
+        }
+        Err(e) => {
+            // A payload that passed the hash yet does not decode: leave no half-made store.
+            let _ = std::fs::remove_dir_all(&partial);
+            Err(e)
+        }
     }
-    restored
 }
 
 #[cfg(test)]
@@ -286,7 +302,14 @@ mod tests {
         let data = dir.path().join("data");
         restore_into(&data, &good).unwrap();
         assert!(matches!(restore_into(&data, &good), Err(BackupError::NotEmpty(_))));
+        assert!(!data.join("db.restoring").exists());
         let m = Mvcc::open(crate::db::open(&data.join("db")).unwrap()).unwrap();
         assert_eq!(m.revision(), 3);
+        // Any file at all: e.g. an old member's snapshot, left after its `db` was removed.
+        let stale = dir.path().join("stale");
+        std::fs::create_dir(&stale).unwrap();
+        std::fs::write(stale.join("raft-snapshot.meta"), b"old").unwrap();
+        assert!(matches!(restore_into(&stale, &good), Err(BackupError::NotEmpty(_))));
+        assert_eq!(std::fs::read(stale.join("raft-snapshot.meta")).unwrap(), b"old");
     }
 }
